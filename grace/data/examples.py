@@ -1,0 +1,31 @@
+"""The two kinds of training example GRACE reads.
+
+Supervised training contrasts a query with a positive and a negative text; unsupervised training
+(SimCSE-style) only needs single texts. ``origin`` says where an example came from
+("train.jsonl:12", "packaged:chatterbot:trivia.yml:3") so that a bad rationale or reward can be traced
+back to the line that produced it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Triplet:
+    """A supervised example: ``positive`` should embed closer to ``query`` than ``negative`` does."""
+
+    query: str
+    positive: str
+    negative: str
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """An unsupervised example: one text."""
+
+    text: str
+    origin: str = ""
+
+
+Example = Triplet | Sentence
