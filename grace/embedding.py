@@ -1,0 +1,142 @@
+"""The one embed function: texts -> (embeddings, rationales), shared by evaluation, encoding and indexing.
+
+It is built from the very pieces training uses (prompt rendering, generation with on-the-fly pooling),
+so the embedding of a text at evaluation is computed exactly as during training: same prompt, same
+spans, same pooling, no decode-and-re-tokenise round trip.
+
+Decoding is greedy by default, so an embedding is a deterministic function of the text. Sampled
+rationales are seeded per text (from the seed, the text and the sample index), so a text gets the same
+rationale whatever else is in its batch, and several samples can be averaged into one embedding.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grace.pooling import check_pooling
+from grace.prompts import GRACE_SYSTEM_PROMPT, PromptTemplate
+from grace.rollout import Role, RoleSampling, RolloutRequest, rollout
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How rationales are produced when embedding."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0  # only used when temperature > 0
+    max_new_tokens: int = 256
+    num_samples: int = 1  # > 1: average the embeddings of several sampled rationales
+
+    def __post_init__(self) -> None:
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError("num_samples > 1 needs temperature > 0: greedy rationales are all the same")
+        RoleSampling(self.num_samples, self.temperature, self.top_p, self.max_new_tokens)  # validates
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Everything besides the weights that decides an embedding; saved beside every model we write."""
+
+    system_prompt: str = GRACE_SYSTEM_PROMPT
+    pooling: str = "after_system"
+    max_prompt_tokens: int = 1024
+    rationale: bool = True
+    decoding: Decoding = field(default_factory=Decoding)
+
+    def __post_init__(self) -> None:
+        check_pooling(self.pooling)
+        if self.pooling == "rationale" and not self.rationale:
+            raise ValueError("pooling='rationale' needs rationale=True")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EmbeddingConfig":
+        values = dict(values)
+        values["decoding"] = Decoding(**values.get("decoding", {}))
+        return cls(**values)
+
+
+@dataclass
+class EmbedOutput:
+    embeddings: torch.Tensor  # [N, H] float32 on CPU, L2-normalised
+    rationales: list[str]  # [N] the (first) rationale of each text; "" without rationale
+    truncated: torch.Tensor  # [N] bool, the (first) rationale hit max_new_tokens without EOS
+    sample_rationales: list[list[str]] = field(default_factory=list)  # [N][num_samples] when num_samples > 1
+
+
+def text_seed(seed: int, text: str, sample: int) -> int:
+    """A stable 63-bit seed for one sample of one text (Python's hash() changes between processes)."""
+    digest = hashlib.blake2b(f"{seed}\x00{sample}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def embed(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    config: EmbeddingConfig = EmbeddingConfig(),
+    *,
+    batch_size: int = 16,
+    template: PromptTemplate | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EmbedOutput:
+    """Embed ``texts``; identical texts are computed once. ``progress(n)`` is called after each batch."""
+    for index, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"text {index} is empty: every text needs some content to embed")
+    template = template or PromptTemplate.build(tokenizer, config.system_prompt)
+    decoding = config.decoding
+    sampling = RoleSampling(
+        num_samples=decoding.num_samples,
+        temperature=decoding.temperature,
+        top_p=decoding.top_p,
+        max_new_tokens=decoding.max_new_tokens if config.rationale else 0,
+    )
+    unique = list(dict.fromkeys(texts))
+    # Similar lengths together: less padding per batch.
+    order = sorted(range(len(unique)), key=lambda i: len(unique[i]), reverse=True)
+    embeddings: dict[str, torch.Tensor] = {}
+    rationales: dict[str, list[str]] = {}
+    truncated: dict[str, bool] = {}
+    texts_per_batch = max(1, batch_size // decoding.num_samples)
+    for start in range(0, len(order), texts_per_batch):
+        chunk = [unique[i] for i in order[start : start + texts_per_batch]]
+        requests = [RolloutRequest(text, group, Role.QUERY) for group, text in enumerate(chunk)]
+        seeds = [text_seed(decoding.seed, text, s) for text in chunk for s in range(decoding.num_samples)]
+        batch = rollout(
+            model,
+            tokenizer,
+            template,
+            requests,
+            {Role.QUERY: sampling},
+            pooling=config.pooling,
+            max_prompt_tokens=config.max_prompt_tokens,
+            seeds=seeds,
+            batch_size=batch_size,
+        )
+        k = decoding.num_samples
+        mean = torch.nn.functional.normalize(batch.embeddings.view(len(chunk), k, -1).mean(dim=1), dim=-1)
+        decoded = _decode_rationales(tokenizer, batch.rationale_ids, batch.rationale_mask)
+        for i, text in enumerate(chunk):
+            embeddings[text] = mean[i].float().cpu()
+            rationales[text] = decoded[i * k : (i + 1) * k]
+            truncated[text] = bool(batch.truncated[i * k])
+        if progress is not None:
+            progress(len(chunk))
+    return EmbedOutput(
+        embeddings=torch.stack([embeddings[t] for t in texts]) if texts else torch.zeros(0, 0),
+        rationales=[rationales[t][0] for t in texts],
+        truncated=torch.tensor([truncated[t] for t in texts], dtype=torch.bool),
+        sample_rationales=[rationales[t] for t in texts] if decoding.num_samples > 1 else [],
+    )
+
+
+def _decode_rationales(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    return [tokenizer.decode(row[keep].tolist(), skip_special_tokens=True) for row, keep in zip(ids, mask)]

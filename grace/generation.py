@@ -1,0 +1,139 @@
+"""One batched generation pass that also produces the embeddings.
+
+A KV-cached decoding loop written out by hand rather than ``model.generate`` because we need, from the
+same forward passes: the last-layer hidden state of every pooled token (pooled on the fly, so no
+[B, T, H] tensor and no second forward over the finished sequences), the log-probability of each
+sampled token (the PPO "old" log-probs), per-row temperature / top_p / length limits, and a flag for
+rationales cut at the length limit.
+
+A generated token's hidden state exists only once the token is fed back in, so the loop feeds every
+generated token, EOS and the last token of a truncated rationale included, exactly once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from grace.forward import decoder_forward, lm_logits, model_device, position_ids
+from grace.pooling import normalise_mean, pooling_mask
+from grace.prompts import PromptBatch, Span
+from grace.sampling import row_generators, sample_next
+
+
+@dataclass
+class Generation:
+    """Prompt (left-padded) followed by its rationale (right-padded), for B rows."""
+
+    sequence_ids: torch.Tensor  # [B, P + T] long
+    attention_mask: torch.Tensor  # [B, P + T] long, 1 on real tokens
+    spans: torch.Tensor  # [B, P + T] long, Span labels
+    logprobs: torch.Tensor  # [B, T] float32, log-prob of each generated token, 0 on padding
+    embeddings: torch.Tensor  # [B, H] float32, L2-normalised pooled hidden states
+    truncated: torch.Tensor  # [B] bool, hit max_new_tokens without EOS
+    prompt_length: int  # P
+    hidden: torch.Tensor | None = None  # [B, P + T, H] last-layer states, only with keep_hidden=True
+
+    @property
+    def rationale_ids(self) -> torch.Tensor:  # [B, T]
+        return self.sequence_ids[:, self.prompt_length :]
+
+    @property
+    def rationale_mask(self) -> torch.Tensor:  # [B, T] bool
+        return self.spans[:, self.prompt_length :] == Span.RATIONALE
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    prompts: PromptBatch,
+    *,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    max_new_tokens: torch.Tensor,
+    seeds: list[int],
+    eos_ids: list[int],
+    pad_id: int,
+    pooling: str,
+    keep_hidden: bool = False,
+) -> Generation:
+    """Generate rationales for a prompt batch; ``temperature``, ``top_p``, ``max_new_tokens`` are [B].
+
+    A row with ``max_new_tokens == 0`` gets no rationale (the "no reasoning" embedding).
+    """
+    device = model_device(model)
+    batch = prompts.input_ids.shape[0]
+    ids, mask = prompts.input_ids.to(device), prompts.attention_mask.to(device)
+    temperature, top_p = temperature.to(device), top_p.to(device)
+    limit = max_new_tokens.to(device)
+    eos = torch.tensor(eos_ids, device=device)
+    generators = row_generators(seeds)
+
+    positions = position_ids(mask)
+    hidden, cache = decoder_forward(model, ids, mask, positions, use_cache=True)
+    prompt_pool = pooling_mask(prompts.spans.to(device), pooling)
+    pool_last = pooling == "last_token"
+    pool_rationale = pooling in ("after_system", "rationale")
+    # Running pool: the mean is sum / count; for last_token, `summed` holds the latest state.
+    summed = torch.where(prompt_pool.unsqueeze(-1), hidden.float(), 0.0).sum(dim=1)
+    count = prompt_pool.sum(dim=1).float()
+    kept_hidden = [hidden] if keep_hidden else []
+
+    tokens_out: list[torch.Tensor] = []
+    logprobs_out: list[torch.Tensor] = []
+    alive_out: list[torch.Tensor] = []
+    alive = limit > 0
+    truncated = torch.zeros(batch, dtype=torch.bool, device=device)
+    next_position = positions[:, -1] + 1
+    logits = lm_logits(model, hidden[:, -1]) if bool(alive.any()) else None
+    step = 0
+    while bool(alive.any()):
+        token, logprob = sample_next(logits, temperature, top_p, generators)
+        token = torch.where(alive, token, pad_id)
+        tokens_out.append(token)
+        logprobs_out.append(torch.where(alive, logprob, 0.0))
+        alive_out.append(alive)
+        step += 1
+        ended = torch.isin(token, eos)
+        truncated |= alive & ~ended & (step >= limit)
+
+        # Feed the token: its hidden state is pooled, its logits give the next token.
+        mask = torch.cat([mask, alive.long().unsqueeze(1)], dim=1)
+        hidden, cache = decoder_forward(
+            model, token.unsqueeze(1), mask, next_position.unsqueeze(1), cache=cache, use_cache=True
+        )
+        next_position = next_position + 1
+        state = hidden[:, 0].float()
+        if pool_last:
+            summed = torch.where(alive.unsqueeze(-1), state, summed)
+        elif pool_rationale:
+            summed = summed + torch.where(alive.unsqueeze(-1), state, 0.0)
+            count = count + alive.float()
+        if keep_hidden:
+            kept_hidden.append(hidden)
+        alive = alive & ~ended & (step < limit)
+        if bool(alive.any()):
+            logits = lm_logits(model, hidden[:, -1])
+
+    prompt_length = ids.shape[1]
+    if tokens_out:
+        new_tokens = torch.stack(tokens_out, dim=1)
+        new_mask = torch.stack(alive_out, dim=1)
+        logprobs = torch.stack(logprobs_out, dim=1)
+    else:
+        new_tokens = ids.new_zeros((batch, 0))
+        new_mask = torch.zeros((batch, 0), dtype=torch.bool, device=device)
+        logprobs = torch.zeros((batch, 0), device=device)
+    spans = torch.cat([prompts.spans.to(device), torch.where(new_mask, int(Span.RATIONALE), int(Span.PAD))], dim=1)
+    embeddings = torch.nn.functional.normalize(summed, dim=-1) if pool_last else normalise_mean(summed, count)
+    return Generation(
+        sequence_ids=torch.cat([ids, new_tokens], dim=1),
+        attention_mask=torch.cat([prompts.attention_mask.to(device), new_mask.long()], dim=1),
+        spans=spans,
+        logprobs=logprobs,
+        embeddings=embeddings,
+        truncated=truncated,
+        prompt_length=prompt_length,
+        hidden=torch.cat(kept_hidden, dim=1) if keep_hidden else None,
+    )

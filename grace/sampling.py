@@ -1,0 +1,59 @@
+"""Choosing the next token: greedy or temperature / nucleus sampling, with per-row settings and seeds.
+
+Every row carries its own temperature and top_p (queries and positives are sampled differently in one
+batch) and its own random stream, so a seeded rationale for a text does not depend on which other
+texts share its batch. Sampling is by inverse CDF: one uniform number per row and step.
+
+The log-probability returned is that of the temperature-scaled distribution ``softmax(logits / T)``
+(``T = 1`` for greedy rows), before nucleus truncation. That is the distribution the policy loss
+evaluates, so on-policy ratios start at exactly one up to floating-point error.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def scaled_log_probs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits / T) [..., V] in float32; ``temperature`` [B] broadcasts over the leading axis.
+
+    Rows with T <= 0 (greedy) use T = 1.
+    """
+    t = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).float()
+    t = t.view(-1, *([1] * (logits.dim() - 1)))
+    return torch.log_softmax(logits.float() / t, dim=-1)
+
+
+def row_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per row. Cheap: each step draws a single number from each."""
+    generators = []
+    for seed in seeds:
+        generator = torch.Generator()
+        generator.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF)
+        generators.append(generator)
+    return generators
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    generators: list[torch.Generator],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token [B] and its log-probability [B] for logits [B, V]; ``temperature``, ``top_p`` [B]."""
+    log_probs = scaled_log_probs(logits, temperature)
+    greedy_tokens = log_probs.argmax(dim=-1)
+    sampled = temperature > 0
+    if bool(sampled.any()):
+        probs, order = log_probs.exp().sort(dim=-1, descending=True)
+        # Nucleus: keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        outside = probs.cumsum(dim=-1) - probs >= top_p.unsqueeze(-1).float()
+        probs = probs.masked_fill(outside, 0.0)
+        cdf = probs.cumsum(dim=-1)
+        uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).to(logits.device)
+        target = (uniform * cdf[:, -1]).unsqueeze(-1)
+        rank = torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1)
+        sampled_tokens = order.gather(-1, rank).squeeze(-1)
+        tokens = torch.where(sampled, sampled_tokens, greedy_tokens)
+    else:
+        tokens = greedy_tokens
+    return tokens, log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from grace.models import PACKAGED_SMOLLM2, TINY_RANDOM, count_parameters, load_policy, packaged_smollm2_dir
+
+
+def test_tiny_random_is_seeded_and_uses_the_packaged_tokenizer():
+    a, tokenizer = load_policy(TINY_RANDOM, seed=1)
+    b, _ = load_policy(TINY_RANDOM, seed=1)
+    c, _ = load_policy(TINY_RANDOM, seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    assert a.config.vocab_size == len(tokenizer)
+
+
+def test_dtype_option():
+    model, _ = load_policy(TINY_RANDOM, dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_policy(TINY_RANDOM, dtype="float8")
+
+
+@pytest.mark.parametrize("path", ["/does/not/exist", "./missing-model", "a/b/c"])
+def test_missing_local_path_is_a_clear_error(path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_policy(path)
+
+
+def test_local_directory_loads_with_plain_transformers(tmp_path):
+    model, tokenizer = load_policy(TINY_RANDOM)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded, reloaded_tokenizer = load_policy(str(tmp_path))
+    assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
+    assert reloaded_tokenizer.chat_template == tokenizer.chat_template
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_converts_once_and_loads_as_plain_safetensors():
+    directory = packaged_smollm2_dir()
+    assert (directory / "model.safetensors").is_file()
+    model, tokenizer = load_policy(PACKAGED_SMOLLM2)
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert getattr(model.config, "quantization_config", None) is None
+    assert 134_000_000 < count_parameters(model) < 135_000_000
+    assert tokenizer.eos_token == "<|im_end|>"
