@@ -1,0 +1,282 @@
+"""``GraceEncoder``: a trained (or base) GRACE model as a text encoder that explains its embeddings.
+
+    encoder = GraceEncoder.from_pretrained("outputs/run/checkpoints/step-100")
+    vectors = encoder.encode(["a text", "another"])      # [2, H] float32, L2-normalised
+    reasons = encoder.explain(["a text"])                 # the rationale behind each embedding
+
+A saved encoder is a plain transformers model directory (safetensors weights, tokenizer) plus
+``grace_encoder.json``, the embedding settings: system prompt, pooling, decoding and length limits,
+separately for documents and queries. ``from_pretrained`` reads them back, so training, evaluation,
+encoding and indexing embed a text the same way. Every path goes through ``grace.embedding.embed``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grace.cache import CachedEmbedding, EmbeddingCache
+from grace.embedding import Decoding, EmbeddingConfig, embed
+from grace.models import cache_dir, count_parameters, load_policy
+from grace.prompts import PromptTemplate
+
+ENCODER_CONFIG_FILE = "grace_encoder.json"
+FORMAT_VERSION = 1
+ROLES = ("document", "query")
+
+
+@dataclass
+class EncodeResult:
+    embeddings: np.ndarray  # [N, H] float32, L2-normalised
+    rationales: list[str]  # [N] rationale behind each embedding ("" without rationale)
+    truncated: np.ndarray  # [N] bool, the rationale hit its length limit
+
+
+class GraceEncoder:
+    """Embeds texts with rationales; ``document`` and ``query`` settings may differ."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        document: EmbeddingConfig | None = None,
+        query: EmbeddingConfig | None = None,
+        name: str = "grace",
+        batch_size: int = 16,
+        cache: EmbeddingCache | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.configs = {"document": document or EmbeddingConfig(), "query": query or document or EmbeddingConfig()}
+        self.name = name
+        self.batch_size = batch_size
+        self.cache = cache
+        self._templates: dict[str, PromptTemplate] = {}
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        document: EmbeddingConfig | None = None,
+        query: EmbeddingConfig | None = None,
+        batch_size: int = 16,
+        cache: bool | str | Path = False,
+    ) -> "GraceEncoder":
+        """Load a saved encoder, a training checkpoint or run directory, the packaged model or any instruct model.
+
+        Settings saved beside the weights are used unless ``document`` / ``query`` are given. ``cache``:
+        ``True`` for the default embedding cache (under ``$GRACE_CACHE``), or a path to an SQLite file.
+        """
+        location = resolve_model_dir(source)
+        saved = read_encoder_settings(location) if location is not None else {}
+        model, tokenizer = load_policy(
+            str(location) if location is not None else str(source),
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+        )
+        embedding_cache = None
+        if cache:
+            embedding_cache = EmbeddingCache(cache_dir() / "embeddings.sqlite" if cache is True else cache)
+        return cls(
+            model,
+            tokenizer,
+            document=document or saved.get("document"),
+            query=query or saved.get("query"),
+            name=saved.get("name") or str(source),
+            batch_size=batch_size,
+            cache=embedding_cache,
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write weights, tokenizer and settings to ``directory`` (atomically: all or nothing)."""
+        return save_encoder(directory, self.model, self.tokenizer, self.configs["document"], self.configs["query"], self.name)
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, texts: list[str], *, role: str = "document", batch_size: int | None = None, **overrides) -> np.ndarray:
+        """[N, H] float32 L2-normalised embeddings. ``overrides``: EmbeddingConfig fields (rationale, decoding, ...)."""
+        return self.encode_with_rationales(texts, role=role, batch_size=batch_size, **overrides).embeddings
+
+    def explain(self, texts: list[str], *, role: str = "document", **overrides) -> list[str]:
+        """The rationale the model writes for each text: what its embedding is made of."""
+        return self.encode_with_rationales(texts, role=role, **overrides).rationales
+
+    def encode_with_rationales(
+        self,
+        texts: list[str],
+        *,
+        role: str = "document",
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        **overrides,
+    ) -> EncodeResult:
+        config = self.config_for(role, **overrides)
+        texts = list(texts)
+        unique = list(dict.fromkeys(texts))
+        found: dict[str, CachedEmbedding] = {}
+        keys: dict[str, str] = {}
+        if self.cache is not None:
+            namespace = EmbeddingCache.namespace(self.fingerprint, config.to_dict())
+            keys = {text: EmbeddingCache.key(namespace, text) for text in unique}
+            by_key = self.cache.get_many(list(keys.values()))
+            found = {text: by_key[key] for text, key in keys.items() if key in by_key}
+            if progress is not None and found:
+                progress(len(found))
+        missing = [text for text in unique if text not in found]
+        if missing:
+            out = embed(
+                self.model,
+                self.tokenizer,
+                missing,
+                config,
+                batch_size=batch_size or self.batch_size,
+                template=self._template(config.system_prompt),
+                progress=progress,
+            )
+            computed = {
+                text: CachedEmbedding(out.embeddings[i].numpy(), out.rationales[i], bool(out.truncated[i]))
+                for i, text in enumerate(missing)
+            }
+            if self.cache is not None:
+                self.cache.put_many({keys[text]: entry for text, entry in computed.items()})
+            found.update(computed)
+        if not texts:
+            return EncodeResult(np.zeros((0, self.embedding_dim), np.float32), [], np.zeros(0, bool))
+        return EncodeResult(
+            embeddings=np.stack([found[t].embedding for t in texts]).astype(np.float32),
+            rationales=[found[t].rationale for t in texts],
+            truncated=np.array([found[t].truncated for t in texts], dtype=bool),
+        )
+
+    def config_for(self, role: str, **overrides) -> EmbeddingConfig:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: use one of {list(ROLES)}")
+        config = self.configs[role]
+        if isinstance(overrides.get("decoding"), dict):
+            overrides["decoding"] = Decoding(**overrides["decoding"])
+        return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+    def _template(self, system_prompt: str) -> PromptTemplate:
+        if system_prompt not in self._templates:
+            self._templates[system_prompt] = PromptTemplate.build(self.tokenizer, system_prompt)
+        return self._templates[system_prompt]
+
+    # ------------------------------------------------------------------ facts about the model
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.model)
+
+    @property
+    def max_tokens(self) -> int:
+        return max(c.max_prompt_tokens + (c.decoding.max_new_tokens if c.rationale else 0) for c in self.configs.values())
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the weights: a cache entry can never be served for a different model."""
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_model_dir(source: str | Path) -> Path | None:
+    """A local directory to load: the directory itself, or the newest checkpoint of a training run."""
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    if (path / "config.json").is_file():
+        return path
+    checkpoints = sorted((path / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    if checkpoints:
+        return checkpoints[-1]
+    raise FileNotFoundError(f"{path} is neither a model directory (no config.json) nor a training run (no checkpoints/)")
+
+
+def read_encoder_settings(directory: Path) -> dict:
+    """``{"document": EmbeddingConfig, "query": EmbeddingConfig, "name": str}`` from a saved encoder, or {}."""
+    path = directory / ENCODER_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {
+            "document": EmbeddingConfig.from_dict(raw["document"]),
+            "query": EmbeddingConfig.from_dict(raw["query"]),
+            "name": raw.get("name"),
+        }
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a valid GRACE encoder config ({error})") from error
+
+
+def save_encoder(
+    directory: str | Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    document: EmbeddingConfig,
+    query: EmbeddingConfig | None = None,
+    name: str = "grace",
+) -> Path:
+    """Weights (safetensors), tokenizer and ``grace_encoder.json``, written to a staging directory first and
+    renamed into place, so an interrupted save never leaves a half-written encoder behind."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write_encoder_files(staging, model, tokenizer, document, query, name)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def write_encoder_files(
+    directory: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    document: EmbeddingConfig,
+    query: EmbeddingConfig | None,
+    name: str,
+) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "fingerprint": model_fingerprint(model),
+        "document": document.to_dict(),
+        "query": (query or document).to_dict(),
+    }
+    (directory / ENCODER_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
