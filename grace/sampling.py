@@ -44,16 +44,25 @@ def sample_next(
     greedy_tokens = log_probs.argmax(dim=-1)
     sampled = temperature > 0
     if bool(sampled.any()):
-        probs, order = log_probs.exp().sort(dim=-1, descending=True)
-        # Nucleus: keep the smallest prefix whose mass reaches top_p (always at least the top token).
-        outside = probs.cumsum(dim=-1) - probs >= top_p.unsqueeze(-1).float()
-        probs = probs.masked_fill(outside, 0.0)
-        cdf = probs.cumsum(dim=-1)
+        probs = log_probs.exp()
         uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).to(logits.device)
-        target = (uniform * cdf[:, -1]).unsqueeze(-1)
-        rank = torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1)
-        sampled_tokens = order.gather(-1, rank).squeeze(-1)
+        sampled_tokens = _inverse_cdf(probs, uniform)
+        nucleus = sampled & (top_p < 1)
+        if bool(nucleus.any()):  # sorting the vocabulary is the expensive part: only for nucleus rows
+            rows = torch.nonzero(nucleus).flatten()
+            sorted_probs, order = probs[rows].sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+            outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p[rows].unsqueeze(-1).float()
+            index = _inverse_cdf(sorted_probs.masked_fill(outside, 0.0), uniform[rows])
+            sampled_tokens[rows] = order.gather(-1, index.unsqueeze(-1)).squeeze(-1)
         tokens = torch.where(sampled, sampled_tokens, greedy_tokens)
     else:
         tokens = greedy_tokens
     return tokens, log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Index [B] where the cumulative mass of ``probs`` [B, V] first reaches ``uniform`` [B] of the total."""
+    cdf = probs.cumsum(dim=-1)
+    target = (uniform * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target).clamp(max=cdf.shape[-1] - 1).squeeze(-1)

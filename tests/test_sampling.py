@@ -43,3 +43,10 @@ def test_a_row_seed_gives_the_same_token_whatever_the_batch():
     batch = torch.cat([torch.randn(3, 50), logits])
     together, _ = sample_next(batch, torch.ones(4), torch.ones(4), row_generators([1, 2, 3, 42]))
     assert together[3] == alone[0]
+
+
+def test_a_plain_row_samples_the_same_beside_a_nucleus_row():
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(1))
+    alone, _ = sample_next(logits[:1], torch.ones(1), torch.ones(1), row_generators([5]))
+    mixed, _ = sample_next(logits, torch.ones(2), torch.tensor([1.0, 0.5]), row_generators([5, 6]))
+    assert mixed[0] == alone[0]

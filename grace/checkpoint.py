@@ -1,0 +1,96 @@
+"""Training checkpoints: ``<output_dir>/checkpoints/step-N/``, each one a loadable GRACE encoder.
+
+A checkpoint directory holds the model (safetensors) and tokenizer, ``grace_encoder.json`` (prompt,
+pooling, decoding: what ``GraceEncoder.from_pretrained`` reads) and ``trainer_state.pt`` (optimizer,
+scheduler, step, data position, RNG states). It is written into a hidden staging directory and renamed
+into place only when complete, so a run killed during a save leaves the previous checkpoint intact; the
+staging debris is removed by the next save. Only the newest ``keep_last`` checkpoints are kept.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grace.embedding import EmbeddingConfig
+from grace.encoder import write_encoder_files
+
+STATE_FILE = "trainer_state.pt"
+_PREFIX = "step-"
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{_PREFIX}*") if p.name[len(_PREFIX) :].isdigit() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = complete_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    embedding: EmbeddingConfig,
+    trainer_state: dict[str, Any],
+    *,
+    keep_last: int,
+    name: str,
+) -> Path:
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for debris in root.glob(f".{_PREFIX}*"):  # left by a save that was killed
+        shutil.rmtree(debris, ignore_errors=True)
+    target = root / f"{_PREFIX}{step}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{_PREFIX}{step}-", dir=root))
+    try:
+        write_encoder_files(staging, model, tokenizer, embedding, None, name)
+        torch.save(trainer_state, staging / STATE_FILE)
+        if target.exists():  # the same step saved before (a resumed run repeating it): replace it
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in complete_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
+    path = Path(checkpoint) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a complete training checkpoint (no {STATE_FILE})")
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,233 @@
+"""The typed training configuration: dataclasses registered with Hydra's ConfigStore.
+
+Hydra merges ``conf/train.yaml`` and its groups into this schema, so a misspelt key is an error at
+start-up ("Key 'max_stepz' is not in struct"). ``validate`` then checks the settings that are legal
+one by one but impossible together (GRPO with one sample per text, a batch that does not split into
+mini-batches, ...), before any model or data is loaded, with a message that says what to change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from grace.advantages import ESTIMATORS
+from grace.loss import AGGREGATIONS, KL_ESTIMATORS
+from grace.pooling import POOLING_METHODS
+from grace.prompts import GRACE_SYSTEM_PROMPT
+from grace.rewards import MODES, VARIANTS
+
+
+@dataclass
+class ModelConfig:
+    source: str = "packaged:smollm2-135m"  # packaged name, "tiny-random", local directory or hub id
+    dtype: str = "float32"  # weights: float32 | bfloat16
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RoleConfig:
+    num_samples: Optional[int] = None  # None: rollout.num_samples
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: Optional[int] = None  # None: rollout.max_new_tokens
+
+
+@dataclass
+class RolloutConfig:
+    num_samples: int = 4  # k: rationales per text for every role that does not set its own
+    max_new_tokens: int = 256
+    batch_size: int = 64  # rows generated together
+    query: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0))
+    positive: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0))
+    negative: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0))
+
+
+@dataclass
+class EmbeddingSection:
+    system_prompt: str = GRACE_SYSTEM_PROMPT
+    pooling: str = "after_system"
+    max_prompt_tokens: int = 1024
+
+
+@dataclass
+class RewardConfig:
+    variant: str = "contrastive"  # contrastive | paper
+    tau: float = 0.1
+    w_cluster: float = 0.2
+    w_cross: float = 0.2
+
+
+@dataclass
+class AlgorithmConfig:
+    estimator: str = "grpo"  # grpo | rloo | reinforce
+    scale_by_std: bool = False
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    aggregation: str = "token-mean"  # token-mean | sequence-mean
+    kl_coef: float = 0.0  # > 0 loads a frozen reference copy of the policy
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    ppo_epochs: int = 1
+    # Recompute old log-probs with a full forward instead of taking them from the rollout; only worth it in
+    # low precision, where cached decoding and a full forward round differently.
+    recompute_old_logprobs: bool = False
+
+
+@dataclass
+class DataConfig:
+    train_file: str = "auto"  # auto: packaged:chatterbot (supervised) or packaged:wiki (unsupervised)
+    text_field: str = "text"
+    split: str = "train"
+    on_error: str = "raise"  # raise | skip
+    limit: Optional[int] = None
+    shuffle: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    batch_size: int = 8  # training examples per step
+    mini_batch_size: Optional[int] = None  # examples per optimizer update; None: one update per step
+    micro_batch_size: int = 16  # rollout rows per forward/backward (gradient accumulation)
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    schedule: str = "constant"  # constant | warmup_constant | cosine
+    warmup_steps: int = 0  # optimizer updates
+    grad_clip: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay in model.dtype)
+    output_dir: Optional[str] = None  # None: Hydra's job directory
+    save_every: int = 50
+    keep_last: int = 2
+    resume: str = "none"  # none | auto | <checkpoint directory>
+    rationale_log_every: int = 10
+    rationale_log_count: int = 4
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none
+    project: str = "grace"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    name: Optional[str] = None  # None: from the Hydra overrides
+    group: Optional[str] = None  # None: the sweep directory under multirun
+    tags: list[str] = field(default_factory=list)
+    progress_bar: bool = True
+
+
+@dataclass
+class FinalEvalConfig:
+    enabled: bool = False  # evaluate the base model and the trained checkpoint after training
+    tasks: list[str] = field(default_factory=lambda: ["small"])
+    max_new_tokens: int = 32
+    batch_size: int = 16
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mode: str = "supervised"
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    final_eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """An impossible combination of settings; the message says which keys to change."""
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+def role_samples(cfg: TrainConfig, role: str) -> int:
+    own = getattr(cfg.rollout, role).num_samples
+    return cfg.rollout.num_samples if own is None else own
+
+
+def trained_roles(cfg: TrainConfig) -> list[str]:
+    """Roles that receive policy gradient: positives only in the paper's recipe, every role in ours."""
+    if cfg.reward.variant == "paper":
+        return ["positive"]
+    return ["query", "positive"] + (["negative"] if cfg.mode == "supervised" else [])
+
+
+def resolve_train_file(cfg: TrainConfig) -> str:
+    if cfg.data.train_file != "auto":
+        return cfg.data.train_file
+    return "packaged:chatterbot" if cfg.mode == "supervised" else "packaged:wiki"
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject impossible settings before anything expensive happens."""
+    _one_of("mode", cfg.mode, MODES)
+    _one_of("reward.variant", cfg.reward.variant, VARIANTS)
+    _one_of("algorithm.estimator", cfg.algorithm.estimator, ESTIMATORS)
+    _one_of("algorithm.aggregation", cfg.algorithm.aggregation, AGGREGATIONS)
+    _one_of("algorithm.kl_estimator", cfg.algorithm.kl_estimator, KL_ESTIMATORS)
+    _one_of("embedding.pooling", cfg.embedding.pooling, POOLING_METHODS)
+    _one_of("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
+    _one_of("trainer.precision", cfg.trainer.precision, ("fp32", "bf16"))
+    _one_of("trainer.schedule", cfg.trainer.schedule, ("constant", "warmup_constant", "cosine"))
+    _one_of("data.on_error", cfg.data.on_error, ("raise", "skip"))
+    _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
+    _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
+
+    if cfg.reward.tau <= 0:
+        raise ConfigError(f"reward.tau={cfg.reward.tau} must be positive: it divides every similarity")
+    if cfg.algorithm.estimator in ("grpo", "rloo"):
+        for role in trained_roles(cfg):
+            if role_samples(cfg, role) < 2:
+                raise ConfigError(
+                    f"algorithm={cfg.algorithm.estimator} compares the k rationales of each text, but the "
+                    f"{role} role has k={role_samples(cfg, role)}: set rollout.num_samples (or "
+                    f"rollout.{role}.num_samples) to 2 or more, or use algorithm=reinforce"
+                )
+    for role in ("query", "positive", "negative"):
+        settings = getattr(cfg.rollout, role)
+        if role_samples(cfg, role) < 1:
+            raise ConfigError(f"rollout.{role}.num_samples must be at least 1")
+        if settings.temperature < 0 or not 0 < settings.top_p <= 1:
+            raise ConfigError(f"rollout.{role}: temperature must be >= 0 and top_p in (0, 1]")
+    if cfg.rollout.max_new_tokens < 1:
+        raise ConfigError("rollout.max_new_tokens must be at least 1: GRACE trains the rationale")
+    if cfg.embedding.pooling == "input":
+        raise ConfigError("embedding.pooling=input ignores the rationale, so rewards could not train it")
+
+    t = cfg.trainer
+    for name in ("max_steps", "batch_size", "micro_batch_size", "save_every", "keep_last"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"trainer.{name}={getattr(t, name)} must be at least 1")
+    if t.mini_batch_size is not None and (t.mini_batch_size < 1 or t.batch_size % t.mini_batch_size):
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} must be a multiple of trainer.mini_batch_size={t.mini_batch_size}"
+        )
+    trained_rows = t.batch_size * sum(role_samples(cfg, r) for r in trained_roles(cfg))
+    if cfg.algorithm.estimator == "reinforce" and trained_rows < 2:
+        raise ConfigError("algorithm=reinforce with one trained rollout per step has no baseline: raise trainer.batch_size")
+    if t.lr <= 0 or t.grad_clip <= 0:
+        raise ConfigError("trainer.lr and trainer.grad_clip must be positive")
+    if cfg.algorithm.ppo_epochs < 1:
+        raise ConfigError("algorithm.ppo_epochs must be at least 1")
+    if t.resume not in ("none", "auto") and not Path(t.resume).is_dir():
+        raise ConfigError(f"trainer.resume={t.resume!r}: no such checkpoint directory (or use 'auto' / 'none')")
+
+    train_file = resolve_train_file(cfg)
+    if not train_file.startswith(("packaged:", "hf:")) and not Path(train_file).exists():
+        raise ConfigError(f"data.train_file={train_file!r} does not exist")

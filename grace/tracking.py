@@ -1,0 +1,92 @@
+"""Where a run's numbers go: ``metrics.jsonl``, ``rationales.jsonl``, wandb and the console.
+
+The JSONL files are the record of truth (one JSON object per step / per logged rationale) and are
+always written; wandb mirrors them when ``logger.backend=wandb`` (offline unless configured online).
+On resume, lines from steps after the checkpoint are dropped first: those steps are about to be redone.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+RATIONALES_FILE = "rationales.jsonl"
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep only the lines of ``path`` whose ``step`` is at most ``last_step``."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class RunLogger:
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        backend: str,
+        config: dict[str, Any],
+        resumed_step: int,
+        project: str = "grace",
+        entity: str | None = None,
+        mode: str = "offline",
+        name: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+    ):
+        self.output_dir = output_dir
+        self.metrics_path = output_dir / METRICS_FILE
+        self.rationales_path = output_dir / RATIONALES_FILE
+        for path in (self.metrics_path, self.rationales_path):
+            truncate_jsonl(path, resumed_step)
+        self.run = None
+        if backend == "wandb":
+            self.run = self._start_wandb(config, project, entity, mode, name, group, tags or [])
+
+    def _start_wandb(self, config, project, entity, mode, name, group, tags):
+        import wandb
+
+        # One wandb run per output directory: a resumed training run continues its wandb run.
+        id_file = self.output_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id)
+        return wandb.init(
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            tags=tags,
+            config=config,
+            dir=str(self.output_dir),
+            mode=mode,
+            id=run_id,
+            resume="allow",
+            reinit="finish_previous",
+        )
+
+    def log_step(self, metrics: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        if self.run is not None:
+            self.run.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+
+    def log_rationales(self, step: int, rows: list[dict[str, Any]]) -> None:
+        with self.rationales_path.open("a") as handle:
+            for row in rows:
+                handle.write(json.dumps({"step": step, **row}) + "\n")
+        if self.run is not None and rows:
+            import wandb
+
+            columns = list(rows[0])
+            table = wandb.Table(columns=["step", *columns], data=[[step, *(row[c] for c in columns)] for row in rows])
+            self.run.log({"rationales": table}, step=step)
+
+    def close(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

@@ -1,0 +1,66 @@
+"""``grace-train``: the Hydra entry point of the trainer (``python -m grace.train`` works too).
+
+Everything Hydra-specific lives here: composing ``conf/train.yaml`` with the typed schema, naming the
+job's output directory and wandb run from its overrides, and making sure a multirun job that fails
+still closes its wandb run (the trainer does that in a ``finally``) without taking the sweep down.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from grace.config import ConfigError, TrainConfig, register_configs
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_configs()
+
+
+def _job_identity(cfg: TrainConfig) -> tuple[Path, str, str | None]:
+    """(output directory, run name, run group) for this Hydra job."""
+    hydra_cfg = HydraConfig.get()
+    overrides = hydra_cfg.job.override_dirname or "default"
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if cfg.trainer.output_dir is None:
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+    elif multirun:  # an explicit directory shared by a sweep: one sub-directory per job
+        output_dir = Path(cfg.trainer.output_dir) / f"{hydra_cfg.job.num}_{overrides}"
+    else:
+        output_dir = Path(cfg.trainer.output_dir)
+    group = Path(hydra_cfg.sweep.dir).name if multirun else None
+    return output_dir, overrides, group
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _main(dict_cfg: DictConfig) -> None:
+    from grace.trainer import train  # heavy imports after Hydra has parsed the command line
+
+    cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
+    output_dir, name, group = _job_identity(cfg)
+    try:
+        result = train(cfg, output_dir, run_name=name, run_group=group)
+    except ConfigError as error:
+        print(f"grace-train: invalid configuration: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"outputs: {result.output_dir}\nlast checkpoint: {result.last_checkpoint}")
+    if cfg.final_eval.enabled:
+        from grace.final_eval import before_after_table
+
+        print(before_after_table(cfg, result))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # weight loading/saving bars would bury the step bar
+    _main()
+
+
+if __name__ == "__main__":
+    main()
