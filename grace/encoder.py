@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.cache import CachedEmbedding, EmbeddingCache
-from grace.embedding import Decoding, EmbeddingConfig, embed
+from grace.embedding import EmbeddingConfig, embed
 from grace.models import cache_dir, count_parameters, load_policy
 from grace.prompts import PromptTemplate
 
@@ -129,6 +129,9 @@ class GraceEncoder:
     ) -> EncodeResult:
         config = self.config_for(role, **overrides)
         texts = list(texts)
+        for index, text in enumerate(texts):  # before de-duplication, so the index is the caller's
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"text {index} is empty: every text needs some content to embed")
         unique = list(dict.fromkeys(texts))
         found: dict[str, CachedEmbedding] = {}
         keys: dict[str, str] = {}
@@ -169,8 +172,8 @@ class GraceEncoder:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}: use one of {list(ROLES)}")
         config = self.configs[role]
-        if isinstance(overrides.get("decoding"), dict):
-            overrides["decoding"] = Decoding(**overrides["decoding"])
+        if isinstance(overrides.get("decoding"), dict):  # partial settings merge into the saved ones
+            overrides["decoding"] = replace(config.decoding, **overrides["decoding"])
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     def _template(self, system_prompt: str) -> PromptTemplate:
@@ -216,9 +219,10 @@ def resolve_model_dir(source: str | Path) -> Path | None:
         return None
     if (path / "config.json").is_file():
         return path
-    checkpoints = sorted((path / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    if checkpoints:
-        return checkpoints[-1]
+    # Any finished model under checkpoints/step-N (staging directories are hidden, ".step-N-...").
+    steps = [p for p in (path / "checkpoints").glob("step-*") if p.name[5:].isdigit() and (p / "config.json").is_file()]
+    if steps:
+        return max(steps, key=lambda p: int(p.name[5:]))
     raise FileNotFoundError(f"{path} is neither a model directory (no config.json) nor a training run (no checkpoints/)")
 
 
