@@ -1,0 +1,138 @@
+"""GraceEncoder as users meet it: load a checkpoint in a fresh process, encode, explain, save, reload.
+
+The fresh-process tests run a separate Python interpreter, so nothing cached in this one (the model
+object, the tokenizer, the templates) can make a broken save/load path look fine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from grace.embedding import Decoding, EmbeddingConfig, embed
+from grace.encoder import GraceEncoder, save_encoder
+from grace.models import TINY_RANDOM, load_policy
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["The cat sat on the mat.", "Stocks fell sharply on Monday.", "How do plants make food?"]
+DOCUMENT = EmbeddingConfig(rationale=False)  # cheap indexing: no rationale for documents
+QUERY = EmbeddingConfig(decoding=Decoding(max_new_tokens=4))
+
+# Runs in a new interpreter: load whatever directory argv[1] names, encode and explain, print JSON.
+FRESH_SESSION = """
+import json, sys, torch
+torch.set_num_threads(1)
+from grace.encoder import GraceEncoder
+encoder = GraceEncoder.from_pretrained(sys.argv[1])
+texts = json.loads(sys.argv[2])
+print(json.dumps({
+    "fingerprint": encoder.fingerprint,
+    "document": encoder.encode(texts).tolist(),
+    "query": encoder.encode(texts, role="query").tolist(),
+    "explain_document": encoder.explain(texts),
+    "explain_query": encoder.explain(texts, role="query"),
+    "settings": {role: config.to_dict() for role, config in encoder.configs.items()},
+}))
+"""
+
+
+def run_fresh_session(source: Path, texts: list[str], timeout: int = 120) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_SESSION, str(source), json.dumps(texts)],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_newest_checkpoint_of_a_training_run_loads_and_encodes_in_a_fresh_session(tmp_path, tiny):
+    model, tokenizer = tiny
+    run = tmp_path / "run"
+    older, _ = load_policy(TINY_RANDOM, seed=1)
+    save_encoder(run / "checkpoints" / "step-2", older, tokenizer, DOCUMENT, QUERY)
+    save_encoder(run / "checkpoints" / "step-10", model, tokenizer, DOCUMENT, QUERY)  # newest: 10 > 2 numerically
+
+    fresh = run_fresh_session(run, TEXTS)
+
+    here = GraceEncoder(model, tokenizer, document=DOCUMENT, query=QUERY)
+    assert fresh["fingerprint"] == here.fingerprint  # step-10, not step-2
+    assert fresh["settings"] == {"document": DOCUMENT.to_dict(), "query": QUERY.to_dict()}
+    np.testing.assert_allclose(fresh["document"], here.encode(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(fresh["query"], here.encode(TEXTS, role="query"), atol=1e-5)
+    assert fresh["explain_document"] == ["", "", ""]  # documents are embedded without a rationale
+    assert fresh["explain_query"] == here.explain(TEXTS, role="query") and all(fresh["explain_query"])
+
+
+def test_save_then_reload_gives_identical_embeddings_and_settings(tmp_path, tiny):
+    encoder = GraceEncoder(*tiny, document=DOCUMENT, query=QUERY, name="my-encoder")
+    before = encoder.encode_with_rationales(TEXTS, role="query")
+    saved = encoder.save(tmp_path / "encoder")
+    assert (saved / "model.safetensors").is_file() and (saved / "grace_encoder.json").is_file()
+
+    reloaded = GraceEncoder.from_pretrained(saved)
+    after = reloaded.encode_with_rationales(TEXTS, role="query")
+    assert np.array_equal(before.embeddings, after.embeddings)
+    assert before.rationales == after.rationales
+    assert reloaded.configs == encoder.configs and reloaded.name == "my-encoder"
+    assert reloaded.fingerprint == encoder.fingerprint
+    assert np.array_equal(reloaded.encode(TEXTS), encoder.encode(TEXTS))
+
+
+@pytest.mark.parametrize("role", ["document", "query"])
+def test_encoder_output_is_the_shared_embed_functions_output(tiny, role):
+    """Training, evaluation and export embed through grace.embedding.embed: the encoder adds nothing."""
+    encoder = GraceEncoder(*tiny, document=DOCUMENT, query=QUERY, batch_size=2)
+    ours = encoder.encode_with_rationales(TEXTS, role=role)
+    reference = embed(*tiny, TEXTS, DOCUMENT if role == "document" else QUERY, batch_size=2)
+    assert np.array_equal(ours.embeddings, reference.embeddings.numpy())
+    assert ours.rationales == reference.rationales
+    assert np.array_equal(ours.truncated, reference.truncated.numpy())
+
+
+def test_query_and_document_settings_are_separate(tiny):
+    encoder = GraceEncoder(*tiny, document=DOCUMENT, query=QUERY)
+    assert encoder.explain(TEXTS) == ["", "", ""]
+    assert all(encoder.explain(TEXTS, role="query"))
+    documents, queries = encoder.encode(TEXTS), encoder.encode(TEXTS, role="query")
+    assert not np.allclose(documents, queries, atol=1e-3)  # a rationale changes what is pooled
+    # An override applies to one call and one role only.
+    assert all(encoder.explain(TEXTS, rationale=True, decoding=Decoding(max_new_tokens=2)))
+    assert encoder.explain(TEXTS) == ["", "", ""]
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+
+
+def test_cached_embeddings_equal_computed_ones_and_skip_the_model(tmp_path, tiny):
+    cache = tmp_path / "cache.sqlite"
+    first_encoder = GraceEncoder.from_pretrained(TINY_RANDOM, query=QUERY, cache=cache)
+    first = first_encoder.encode_with_rationales(TEXTS, role="query")
+    second_encoder = GraceEncoder.from_pretrained(TINY_RANDOM, query=QUERY, cache=cache)  # a new model object
+    calls = []
+    second_encoder.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    second = second_encoder.encode_with_rationales(TEXTS, role="query")
+    assert calls == []
+    assert np.array_equal(first.embeddings, second.embeddings) and first.rationales == second.rationales
+
+
+@pytest.mark.slow
+def test_packaged_model_checkpoint_loads_and_explains_in_a_fresh_session(tmp_path, smollm2):
+    model, tokenizer = smollm2
+    short = EmbeddingConfig(decoding=Decoding(max_new_tokens=12))
+    save_encoder(tmp_path / "run" / "checkpoints" / "step-1", model, tokenizer, short, short)
+
+    fresh = run_fresh_session(tmp_path / "run", TEXTS[:2], timeout=300)
+
+    vectors = np.asarray(fresh["document"])
+    assert vectors.shape == (2, 576)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    torch.set_num_threads(1)  # the same arithmetic as the fresh session
+    here = GraceEncoder(model, tokenizer, document=short).encode_with_rationales(TEXTS[:2])
+    np.testing.assert_allclose(vectors, here.embeddings, atol=1e-4)
+    assert fresh["explain_document"] == here.rationales
+    assert all(len(r.split()) >= 2 for r in here.rationales), here.rationales  # real words from a real model
