@@ -1,0 +1,224 @@
+"""A GRACE encoder as an mteb 2.x encoder: every embedding goes through the training embed function.
+
+    adapter = GraceMtebEncoder(GraceEncoder.from_pretrained("packaged:smollm2-135m", cache=True),
+                               EmbeddingOptions(rationale=True, max_new_tokens=64))
+    mteb.evaluate(adapter, tasks, cache=mteb.ResultCache(output_dir / "mteb"))
+
+Why an adapter of our own instead of mteb's stock wrappers:
+
+* Same path as training. ``GraceEncoder.encode_with_rationales`` calls ``grace.embedding.embed``: the
+  same prompt, spans and pooling as the rollouts, no decode-and-re-tokenise pass (the official
+  evaluation's second forward over decoded text differs from what training pooled).
+* Roles. Retrieval passes ``PromptType.query`` for queries and ``PromptType.document`` for the corpus;
+  they map to the encoder's ``query`` / ``document`` settings. Every other task type is symmetric and
+  uses the document settings.
+* Honest metadata. mteb's result cache is keyed by (model name, revision) and, with its default
+  ``only-missing`` strategy, serves stale scores for a key it has seen. Here the revision is derived from
+  the weights' fingerprint and a hash of every embedding setting, so a retrained checkpoint or a changed
+  decoding setting can never be served another model's scores; the dimension and parameter count are
+  read from the model (the official code declared 7B parameters and 4096 dimensions for a 1.5B model).
+* Cost. A text costs one generated rationale, so each distinct text is embedded once per call, and with
+  an embedding cache on the ``GraceEncoder`` (keyed by fingerprint, settings and text) a repeated text or
+  a re-run costs a lookup. Texts go to the encoder in chunks, each chunk cached when it finishes, so a
+  killed multi-hour run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mteb.models import ModelMeta
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.types import PromptType
+from tqdm.auto import tqdm
+
+from grace.embedding import Decoding, EmbeddingConfig
+from grace.encoder import ROLES, GraceEncoder
+from grace.models import PACKAGED_SMOLLM2
+
+if TYPE_CHECKING:
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from torch.utils.data import DataLoader
+
+NAME_PREFIX = "grace"  # mteb wants "organisation/model"; ours are all "grace/<encoder name>"
+_PACKAGED_LICENSE = {PACKAGED_SMOLLM2: "apache-2.0"}  # SmolLM2-135M-Instruct
+
+
+@dataclass(frozen=True)
+class EmbeddingOptions:
+    """Evaluation-time overrides of an encoder's saved embedding settings; ``None`` keeps the saved value.
+
+    They apply to both roles. ``batch_size`` is rationales generated together (``batch_size // num_samples``
+    texts); mteb's own ``encode_kwargs["batch_size"]`` only sizes its data loader and is ignored, because
+    our cost is generation, not the loader. Settings that cannot change an embedding (decoding without a
+    rationale, seed and top_p when greedy) are canonicalised, so they never split caches or result folders.
+    """
+
+    rationale: bool | None = None
+    temperature: float | None = None  # 0 = greedy
+    top_p: float | None = None
+    seed: int | None = None  # used only when temperature > 0
+    num_samples: int | None = None  # > 1: average the embeddings of several sampled rationales
+    max_new_tokens: int | None = None  # the rationale length limit
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def apply(self, config: EmbeddingConfig) -> EmbeddingConfig:
+        """``config`` with these overrides; invalid combinations raise here (via ``Decoding``)."""
+        decoding_overrides = {
+            name: getattr(self, name)
+            for name in ("temperature", "top_p", "seed", "num_samples", "max_new_tokens")
+            if getattr(self, name) is not None
+        }
+        rationale = config.rationale if self.rationale is None else self.rationale
+        if not rationale:
+            # No rationale, no decoding (and no k identical "samples" to compute).
+            return replace(config, rationale=False, decoding=Decoding())
+        decoding = replace(config.decoding, **decoding_overrides)
+        if decoding.temperature == 0:
+            decoding = replace(decoding, seed=Decoding.seed, top_p=Decoding.top_p)
+        return replace(config, rationale=True, decoding=decoding)
+
+
+@dataclass
+class EncodeStats:
+    """What the adapter embedded, per role: the rationale truncation rate belongs beside any score."""
+
+    texts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))  # occurrences, not unique
+    truncated: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
+
+    @property
+    def truncation_rate(self) -> float | None:
+        total = sum(self.texts.values())
+        return sum(self.truncated.values()) / total if total else None
+
+
+class GraceMtebEncoder(AbsEncoder):
+    """mteb's encoder protocol over a ``GraceEncoder`` (loaded once, shared by every task)."""
+
+    def __init__(
+        self,
+        encoder: GraceEncoder,
+        options: EmbeddingOptions = EmbeddingOptions(),
+        *,
+        name: str | None = None,
+        chunk_size: int = 256,
+    ) -> None:
+        """``name`` (default: the encoder's name) becomes ``grace/<name>`` in mteb's results.
+
+        ``chunk_size``: distinct texts per call to the encoder. Its embedding cache is written once per
+        call, so a long run that is killed resumes from its last finished chunk, not from the task start.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.model = encoder
+        self.encoder = encoder
+        self.options = options
+        self.chunk_size = chunk_size
+        self.configs: dict[str, EmbeddingConfig] = {role: options.apply(encoder.config_for(role)) for role in ROLES}
+        self.stats = EncodeStats()
+        self.mteb_model_meta = build_model_meta(encoder, self.configs, name=name)
+
+    @property
+    def rationale(self) -> bool:
+        return any(config.rationale for config in self.configs.values())
+
+    def encode(
+        self,
+        inputs: DataLoader[Any],
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """[N, H] float32 L2-normalised embeddings of the ``"text"`` of every batch, in order."""
+        texts = [text for batch in inputs for text in batch["text"]]
+        for index, text in enumerate(texts):  # all checked up front: chunk 9 must not fail after hours of 1-8
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{task_metadata.name} ({hf_subset}, {hf_split}): text {index} is empty")
+        role = "query" if prompt_type == PromptType.query else "document"
+        config = self.configs[role]
+        unique = list(dict.fromkeys(texts))
+        row_of = {text: row for row, text in enumerate(unique)}
+        embeddings = np.zeros((len(unique), self.encoder.embedding_dim), dtype=np.float32)
+        truncated = np.zeros(len(unique), dtype=bool)
+        with tqdm(
+            total=len(unique),
+            desc=f"{task_metadata.name} {role}s" + (" + rationale" if config.rationale else ""),
+            unit="text",
+            mininterval=10,
+            disable=not kwargs.get("show_progress_bar", True),
+        ) as bar:
+            for start in range(0, len(unique), self.chunk_size):
+                result = self.encoder.encode_with_rationales(
+                    unique[start : start + self.chunk_size],
+                    role=role,
+                    batch_size=self.options.batch_size,
+                    progress=bar.update,
+                    rationale=config.rationale,
+                    decoding=config.decoding,
+                )
+                embeddings[start : start + len(result.embeddings)] = result.embeddings
+                truncated[start : start + len(result.truncated)] = result.truncated
+        rows = [row_of[text] for text in texts]
+        self.stats.texts[role] += len(texts)
+        self.stats.truncated[role] += int(truncated[rows].sum())
+        return embeddings[rows]
+
+
+def settings_hash(configs: dict[str, EmbeddingConfig]) -> str:
+    """A short stable hash of every embedding setting of both roles."""
+    settings = json.dumps({role: configs[role].to_dict() for role in ROLES}, sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:10]
+
+
+def model_revision(encoder: GraceEncoder, configs: dict[str, EmbeddingConfig]) -> str:
+    """``<weights fingerprint>-<settings hash>``: mteb's result folder for exactly this model and setting."""
+    return f"{encoder.fingerprint[:16]}-{settings_hash(configs)}"
+
+
+def mteb_model_name(name: str) -> str:
+    """``grace/<name>`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced: mteb turns the
+    name into a folder, so a checkpoint path must not become nested folders."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "encoder"
+    return f"{NAME_PREFIX}/{slug}"
+
+
+def build_model_meta(
+    encoder: GraceEncoder, configs: dict[str, EmbeddingConfig], *, name: str | None = None
+) -> ModelMeta:
+    """mteb metadata measured on the model itself, not declared by hand."""
+    parameters = encoder.num_parameters
+    bytes_per_parameter = next(encoder.model.parameters()).element_size()
+    license = _PACKAGED_LICENSE.get(encoder.name)
+    return ModelMeta(
+        loader=None,  # built in-process around an already loaded model
+        name=mteb_model_name(name or encoder.name),
+        revision=model_revision(encoder, configs),
+        release_date=None,
+        languages=None,
+        n_parameters=parameters,
+        memory_usage_mb=round(parameters * bytes_per_parameter / 2**20, 1),
+        max_tokens=max(
+            c.max_prompt_tokens + (c.decoding.max_new_tokens if c.rationale else 0) for c in configs.values()
+        ),
+        embed_dim=encoder.embedding_dim,
+        license=license,
+        open_weights=True if license else None,
+        public_training_code=None,
+        public_training_data=None,
+        framework=["PyTorch", "Transformers"],
+        similarity_fn_name="cosine",
+        use_instructions=False,  # one fixed system prompt, no task instruction (as in the paper)
+        training_datasets=None,
+        modalities=["text"],
+    )

@@ -1,0 +1,214 @@
+"""Evaluate several encoders on the same tasks and put them side by side: the Python API under ``grace-eval``.
+
+    table = evaluate_encoders(
+        [EncoderSpec(label="base", rationale=False), EncoderSpec(label="base + rationale", rationale=True),
+         EncoderSpec(label="GRACE", source="outputs/run")],   # a run directory: its newest checkpoint
+        tasks=["offline"], output_dir="outputs/eval/baselines")
+    print(table.to_markdown())
+
+``before_after`` is the main training job's table (base model without and with a rationale, then the
+trained model) on the quick subset ``QUICK_TASKS`` / ``QUICK_SETTINGS``, which fits in a few minutes on
+two CPU cores; pass the trained model in memory (``EncoderSpec.encoder``) to skip reloading it.
+
+Where results go: mteb's result cache (``<output_dir>/mteb`` unless ``settings.results_dir``), one folder
+per mteb model name and revision, and the revision encodes the weights and every embedding setting, so
+sweep jobs sharing a results folder never overwrite each other and never serve each other stale scores.
+``results.json`` and ``results.md`` are rewritten after every encoder, so a long run that dies keeps the
+rows it finished. Embeddings go to the on-disk embedding cache (``settings.embedding_cache``): a second
+identical evaluation, in any output folder, costs lookups and no generation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import mteb
+import torch
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.results import ModelResult
+
+from grace.encoder import GraceEncoder
+from grace.evaluation.adapter import EmbeddingOptions, GraceMtebEncoder, settings_hash
+from grace.evaluation.config import EvalSettings, ModelConfig
+from grace.evaluation.reference import load_sentence_transformer
+from grace.evaluation.report import ComparisonTable, EncoderResult
+from grace.evaluation.tasks import SMALL_SUITE, get_tasks
+from grace.models import PACKAGED_SMOLLM2
+
+logger = logging.getLogger(__name__)
+
+# The main job's before/after subset: Lee document similarity alone (50 news documents, 1225 rated pairs,
+# ~7,400 prompt tokens) with 32-token greedy rationales. On 2 shared CPU cores the prompt pass runs at
+# ~60-150 tokens/s, so one row costs ~1-3 minutes; the small suite's polarity task would add ~14,000 prompt
+# tokens per row (measured in experiments/offline_suite/README.md).
+QUICK_TASKS: tuple[str, ...] = ("GraceLeeSTS",)
+QUICK_SETTINGS = EvalSettings(max_new_tokens=32, batch_size=16)
+
+
+@dataclass
+class EncoderSpec(ModelConfig):
+    """A ``ModelConfig`` that may carry an already loaded encoder (then ``source`` only names it)."""
+
+    encoder: GraceEncoder | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encoder is not None and self.kind != "grace":
+            raise ValueError("EncoderSpec.encoder is a GraceEncoder: use it with kind='grace'")
+
+
+def evaluate_encoders(
+    specs: Sequence[EncoderSpec | ModelConfig],
+    tasks: Sequence[str] = SMALL_SUITE,
+    output_dir: str | Path = "outputs/eval",
+    settings: EvalSettings = EvalSettings(),
+) -> ComparisonTable:
+    """Evaluate every encoder on every task; write mteb results, ``results.json`` and ``results.md``.
+
+    ``tasks``: offline task names, suite names (``"offline"``, ``"small"``) or mteb task names. Encoders
+    with the same ``source`` are loaded once; each is released after its last row.
+    """
+    if not specs:
+        raise ValueError("no encoders to evaluate")
+    output_dir = Path(output_dir)
+    task_names = [task.metadata.name for task in get_tasks(list(tasks))]  # unknown names fail before loading
+    results_cache = mteb.ResultCache(settings.results_dir or output_dir / "mteb")
+    table = ComparisonTable(
+        tasks=task_names,
+        main_scores={t.metadata.name: t.metadata.main_score for t in get_tasks(task_names)},
+        context={
+            "settings": asdict(settings),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "mteb_version": mteb.__version__,
+            "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
+    loaded = _LoadedModels(settings)
+    for index, spec in enumerate(specs):
+        started = time.perf_counter()
+        encoder = loaded.mteb_encoder(spec)
+        load_seconds = time.perf_counter() - started
+        label = spec.label or _default_label(spec, encoder)
+        meta = encoder.mteb_model_meta
+        logger.info("evaluating %s (%s revision %s)", label, meta.name, meta.revision)
+        started = time.perf_counter()
+        result = mteb.evaluate(
+            encoder,
+            get_tasks(task_names),  # fresh task objects: mteb keeps loaded data on them
+            cache=results_cache,
+            overwrite_strategy=settings.overwrite,
+            encode_kwargs={"batch_size": settings.batch_size, "show_progress_bar": settings.show_progress},
+            show_progress_bar=settings.show_progress,
+            co2_tracker=False,
+        )
+        table.rows.append(_row(label, encoder, result, load_seconds, time.perf_counter() - started))
+        table.write(output_dir)
+        if not any(_load_key(later) == _load_key(spec) for later in specs[index + 1 :]):
+            loaded.release(spec)  # free the weights before loading the next model
+    return table
+
+
+def before_after(
+    trained: str | Path | GraceEncoder,
+    output_dir: str | Path,
+    *,
+    base: str = PACKAGED_SMOLLM2,
+    tasks: Sequence[str] = QUICK_TASKS,
+    settings: EvalSettings = QUICK_SETTINGS,
+) -> ComparisonTable:
+    """The main job's table: the base model without and with a rationale, then the trained model.
+
+    ``trained``: a checkpoint or run directory, or the trained ``GraceEncoder`` itself (no reload). The
+    base rows are served from the embedding cache after their first run.
+    """
+    specs = [
+        EncoderSpec(source=base, label="base (no rationale)", rationale=False),
+        EncoderSpec(source=base, label="base + rationale", rationale=True),
+        EncoderSpec(source=str(trained), label="GRACE-trained + rationale", rationale=True)
+        if not isinstance(trained, GraceEncoder)
+        else EncoderSpec(source=trained.name, label="GRACE-trained + rationale", rationale=True, encoder=trained),
+    ]
+    return evaluate_encoders(specs, tasks, output_dir, settings)
+
+
+def embedding_options(settings: EvalSettings, rationale: bool | None) -> EmbeddingOptions:
+    return EmbeddingOptions(
+        rationale=rationale,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+        num_samples=settings.num_samples,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+    )
+
+
+def _load_key(spec: ModelConfig) -> tuple[str, str]:
+    return spec.kind, spec.source
+
+
+class _LoadedModels:
+    """Models loaded during one ``evaluate_encoders`` call, shared by the rows that name the same source."""
+
+    def __init__(self, settings: EvalSettings) -> None:
+        self.settings = settings
+        self.grace: dict[tuple[str, str], GraceEncoder] = {}
+        self.references: dict[tuple[str, str], AbsEncoder] = {}
+
+    def mteb_encoder(self, spec: ModelConfig) -> AbsEncoder:
+        key, settings = _load_key(spec), self.settings
+        if spec.kind == "sentence-transformers":
+            if key not in self.references:
+                self.references[key] = load_sentence_transformer(spec.source, device=settings.device)
+            return self.references[key]
+        encoder = getattr(spec, "encoder", None)  # EncoderSpec: already loaded by the caller
+        if encoder is None:
+            if key not in self.grace:
+                self.grace[key] = GraceEncoder.from_pretrained(
+                    spec.source,
+                    dtype=settings.dtype,
+                    device=settings.device,
+                    batch_size=settings.batch_size,
+                    cache=(settings.embedding_cache or True) if settings.cache_embeddings else False,
+                )
+            encoder = self.grace[key]
+        return GraceMtebEncoder(encoder, embedding_options(settings, spec.rationale))
+
+    def release(self, spec: ModelConfig) -> None:
+        self.grace.pop(_load_key(spec), None)
+        self.references.pop(_load_key(spec), None)
+
+
+def _default_label(spec: ModelConfig, encoder: AbsEncoder) -> str:
+    if isinstance(encoder, GraceMtebEncoder) and encoder.rationale:
+        return f"{spec.source} + rationale"
+    return spec.source
+
+
+def _row(label: str, encoder: AbsEncoder, result: ModelResult, load: float, elapsed: float) -> EncoderResult:
+    if result.exceptions:
+        raise RuntimeError(f"{label}: mteb reported errors: {result.exceptions}")
+    meta = encoder.mteb_model_meta
+    grace = encoder if isinstance(encoder, GraceMtebEncoder) else None
+    return EncoderResult(
+        label=label,
+        model_name=meta.name,
+        revision=meta.revision,
+        rationale=bool(grace and grace.rationale),
+        scores={r.task_name: float(r.get_score()) for r in result.task_results},
+        task_seconds={r.task_name: float(r.evaluation_time or 0.0) for r in result.task_results},
+        load_seconds=round(load, 2),
+        eval_seconds=round(elapsed, 2),
+        texts_embedded=sum(grace.stats.texts.values()) if grace else 0,
+        truncation_rate=grace.stats.truncation_rate if grace and grace.rationale else None,
+        settings=(
+            {"settings_hash": settings_hash(grace.configs), **{r: c.to_dict() for r, c in grace.configs.items()}}
+            if grace
+            else {}
+        ),
+    )
