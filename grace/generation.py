@@ -57,10 +57,12 @@ def generate(
     pad_id: int,
     pooling: str,
     keep_hidden: bool = False,
+    share_prompts: bool = True,
 ) -> Generation:
     """Generate rationales for a prompt batch; ``temperature``, ``top_p``, ``max_new_tokens`` are [B].
 
     A row with ``max_new_tokens == 0`` gets no rationale (the "no reasoning" embedding).
+    ``share_prompts``: run the prompt pass once per distinct prompt (the k samples of a text share it).
     """
     device = model_device(model)
     batch = prompts.input_ids.shape[0]
@@ -71,7 +73,7 @@ def generate(
     generators = row_generators(seeds)
 
     positions = position_ids(mask)
-    hidden, cache = decoder_forward(model, ids, mask, positions, use_cache=True)
+    hidden, cache = _prompt_forward(model, ids, mask, positions, share_prompts)
     prompt_pool = pooling_mask(prompts.spans.to(device), pooling)
     pool_last = pooling == "last_token"
     pool_rationale = pooling in ("after_system", "rationale")
@@ -137,3 +139,21 @@ def generate(
         prompt_length=prompt_length,
         hidden=torch.cat(kept_hidden, dim=1) if keep_hidden else None,
     )
+
+
+def _prompt_forward(model, ids, mask, positions, share_prompts: bool):
+    """Hidden states [B, P, H] and KV cache of the prompts, computed once per distinct prompt.
+
+    GRACE samples k rationales of every text, so a rollout batch holds each prompt k times (8 times for
+    the paper's positives); the prompt pass is most of the cost of short rationales on a CPU. The
+    distinct prompts go through the model once and their states and cache are copied to the duplicates.
+    """
+    if share_prompts:
+        distinct, inverse = torch.unique(ids, dim=0, return_inverse=True)
+        if distinct.shape[0] < ids.shape[0]:
+            first = torch.full((distinct.shape[0],), ids.shape[0], dtype=torch.long, device=ids.device)
+            first = first.scatter_reduce(0, inverse, torch.arange(ids.shape[0], device=ids.device), reduce="amin")
+            hidden, cache = decoder_forward(model, ids[first], mask[first], positions[first], use_cache=True)
+            cache.reorder_cache(inverse)
+            return hidden[inverse], cache
+    return decoder_forward(model, ids, mask, positions, use_cache=True)

@@ -124,3 +124,22 @@ def test_smollm2_capture_matches_a_full_forward(smollm2):
     stop_token = int(greedy.rationale_ids[1, 3])
     generation = run(model, tokenizer, template, limits=(8, 12, 5), eos_ids=[tokenizer.eos_token_id, stop_token])
     check_equivalence(model, tokenizer, generation)
+
+
+def test_duplicate_prompts_share_one_prompt_pass_with_identical_results(tiny, tiny_template):
+    model, tokenizer = tiny
+    texts = [TEXTS[1], TEXTS[0], TEXTS[1], TEXTS[1], TEXTS[0]]  # k samples of two texts, interleaved
+    prompts = PromptBatch.collate([render_prompt(tokenizer, t, tiny_template) for t in texts], tokenizer.pad_token_id)
+
+    def sample(share):
+        return generate(
+            model, prompts, temperature=torch.ones(5), top_p=torch.ones(5), max_new_tokens=torch.full((5,), 6),
+            seeds=[1, 2, 3, 4, 5], eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+            pooling="after_system", keep_hidden=True, share_prompts=share,
+        )  # fmt: skip
+
+    shared, separate = sample(True), sample(False)
+    assert torch.equal(shared.sequence_ids, separate.sequence_ids)
+    assert torch.allclose(shared.logprobs, separate.logprobs, atol=1e-5)
+    assert torch.allclose(shared.embeddings, separate.embeddings, atol=1e-5)
+    check_equivalence(model, tokenizer, shared)
