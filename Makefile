@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 run: install
-	$(OFFLINE) $(BIN)/grace-demo
+	$(OFFLINE) $(BIN)/grace-train experiment=cpu_small
 
 test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q

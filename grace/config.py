@@ -123,7 +123,7 @@ class LoggerConfig:
 @dataclass
 class FinalEvalConfig:
     enabled: bool = False  # evaluate the base model and the trained checkpoint after training
-    tasks: list[str] = field(default_factory=lambda: ["small"])
+    tasks: list[str] = field(default_factory=lambda: ["GraceLeeSTS"])  # offline task / suite / mteb names
     max_new_tokens: int = 32
     batch_size: int = 16
 

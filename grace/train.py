@@ -49,9 +49,18 @@ def _main(dict_cfg: DictConfig) -> None:
         raise SystemExit(2) from None
     print(f"outputs: {result.output_dir}\nlast checkpoint: {result.last_checkpoint}")
     if cfg.final_eval.enabled:
-        from grace.final_eval import before_after_table
+        _before_after(cfg, result.last_checkpoint, result.output_dir / "eval")
 
-        print(before_after_table(cfg, result))
+
+def _before_after(cfg: TrainConfig, checkpoint: Path, output_dir: Path) -> None:
+    """The base model without and with a rationale, then the trained checkpoint, on a quick task subset."""
+    from dataclasses import replace
+
+    from grace.evaluation.runner import QUICK_SETTINGS, before_after
+
+    settings = replace(QUICK_SETTINGS, max_new_tokens=cfg.final_eval.max_new_tokens, batch_size=cfg.final_eval.batch_size)
+    table = before_after(checkpoint, output_dir, base=cfg.model.source, tasks=list(cfg.final_eval.tasks), settings=settings)
+    print(f"\nbefore/after training ({output_dir}):\n{table.to_markdown()}")
 
 
 def main() -> None:
