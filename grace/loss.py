@@ -21,35 +21,68 @@ from transformers import PreTrainedModel
 
 from grace.forward import decoder_forward, lm_logits, position_ids
 from grace.rollout import RolloutBatch
-from grace.sampling import scaled_log_probs
 
 AGGREGATIONS = ("token-mean", "sequence-mean")
 KL_ESTIMATORS = ("k1", "k3")
 
 
+ENTROPY_MODES = ("none", "logged", "trained")
+_ENTROPY_ROWS = 4  # rows per chunk when entropy is only logged: bounds the extra [rows, T, V] softmax
+
+
 @dataclass
 class PolicyOutput:
     logprobs: torch.Tensor  # [B, T] float32, log-prob of each rationale token (0 on padding)
-    entropy: torch.Tensor | None  # [B, T] float32, entropy of the next-token distribution, if asked for
+    entropy: torch.Tensor | None  # [B, T] float32, entropy of the next-token distribution (0 on padding), if asked for
 
 
-def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, with_entropy: bool = False) -> PolicyOutput:
-    """Log-probs (and optionally entropies) of the rationale tokens of ``batch`` under ``model``."""
+def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, entropy: str = "none") -> PolicyOutput:
+    """Log-probs (and optionally entropies) of the rationale tokens of ``batch`` under ``model``.
+
+    ``entropy``: ``"none"``; ``"logged"``, computed without gradient in small row chunks (a metric);
+    ``"trained"``, with gradient, for an entropy bonus. Only ``"trained"`` keeps a second [B, T, V]
+    tensor alive through backward; at the paper's scale (16 x 2048 tokens x a 150k vocabulary) each such
+    tensor is ~20 GB, which is why the token log-probs are a gather minus a logsumexp rather than a full
+    log-softmax.
+    """
+    if entropy not in ENTROPY_MODES:
+        raise ValueError(f"unknown entropy mode {entropy!r}: use one of {list(ENTROPY_MODES)}")
     device = next(model.parameters()).device
     ids, mask = batch.sequence_ids.to(device), batch.attention_mask.to(device)
     hidden, _ = decoder_forward(model, ids, mask, position_ids(mask))
     width = ids.shape[1] - batch.prompt_length
     # The state at position t predicts token t + 1: rationale token j is predicted from P - 1 + j.
     predicting = hidden[:, batch.prompt_length - 1 : batch.prompt_length - 1 + width]
-    log_probs = scaled_log_probs(lm_logits(model, predicting), batch.temperature.to(device))  # [B, T, V]
+    scaled = temperature_scaled(lm_logits(model, predicting), batch.temperature.to(device))  # [B, T, V]
     targets = batch.rationale_ids.to(device).unsqueeze(-1)
-    token_logprobs = log_probs.gather(-1, targets).squeeze(-1)
+    token_logprobs = scaled.gather(-1, targets).squeeze(-1) - scaled.logsumexp(dim=-1)
     real = batch.rationale_mask.to(device)
-    entropy = None
-    if with_entropy:
-        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
-        entropy = torch.where(real, entropy, 0.0)
-    return PolicyOutput(torch.where(real, token_logprobs, 0.0), entropy)
+    entropies = None
+    if entropy == "trained":
+        entropies = _entropy(scaled)
+    elif entropy == "logged":
+        with torch.no_grad():
+            entropies = torch.cat([_entropy(part) for part in scaled.split(_ENTROPY_ROWS)])
+    if entropies is not None:
+        entropies = torch.where(real, entropies, 0.0)
+    return PolicyOutput(torch.where(real, token_logprobs, 0.0), entropies)
+
+
+def temperature_scaled(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``logits`` [B, T, V] / T in float32, the distribution the rollout sampled from (T <= 0, greedy: 1).
+
+    Same scaling as ``grace.sampling.scaled_log_probs``; no copy is made for float32 logits at T = 1.
+    """
+    logits = logits.float()
+    if bool((temperature == 1).all()):
+        return logits
+    t = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).float()
+    return logits / t.view(-1, 1, 1)
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy [..] of softmax(``logits`` [.., V]): logsumexp(z) - sum softmax(z) z."""
+    return logits.logsumexp(dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
 
 
 @dataclass
@@ -89,7 +122,7 @@ def ppo_loss(
     if kl_coef > 0 and ref_logprobs is None:
         raise ValueError("kl_coef > 0 needs reference log-probs")
     if entropy_coef > 0 and entropy is None:
-        raise ValueError("entropy_coef > 0 needs entropies (policy_logprobs(..., with_entropy=True))")
+        raise ValueError("entropy_coef > 0 needs entropies (policy_logprobs(..., entropy='trained'))")
     weight = mask.float()
     log_ratio = torch.where(mask, logprobs - old_logprobs, 0.0)
     ratio = log_ratio.exp()

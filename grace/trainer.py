@@ -283,7 +283,9 @@ def ppo_update(model, reference, optimizer, scheduler, batch: RolloutBatch, adva
     # Rows with zero advantage add nothing to the clipped surrogate; skip their forward unless KL or
     # entropy terms need them (they still count in the normaliser, so the loss value is unchanged).
     needs_all_rows = algorithm.kl_coef > 0 or algorithm.entropy_coef > 0
-    stats, totals = UpdateStats(), {"policy_loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
+    entropy_mode = "trained" if algorithm.entropy_coef > 0 else "logged"
+    stats, totals = UpdateStats(), {"policy_loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0}
+    entropy_sum, entropy_tokens = 0.0, 0.0  # over the rows actually computed, for an unbiased mean
     for _ in range(algorithm.ppo_epochs):
         for start in range(0, len(groups), per_update):
             in_update = trained & torch.isin(batch.group, groups[start : start + per_update])
@@ -295,12 +297,11 @@ def ppo_update(model, reference, optimizer, scheduler, batch: RolloutBatch, adva
             for micro in rows.split(cfg.trainer.micro_batch_size) if len(rows) else ():
                 part = batch.select(micro)
                 with autocast:
-                    current = policy_logprobs(model, part, with_entropy=True)
+                    current = policy_logprobs(model, part, entropy=entropy_mode)
                     ref = None
                     if reference is not None:
                         with torch.no_grad():
                             ref = policy_logprobs(reference, part).logprobs
-                entropy = current.entropy if algorithm.entropy_coef > 0 else current.entropy.detach()
                 out = ppo_loss(
                     current.logprobs,
                     part.logprobs.to(current.logprobs.device),
@@ -313,26 +314,29 @@ def ppo_update(model, reference, optimizer, scheduler, batch: RolloutBatch, adva
                     ref_logprobs=ref,
                     kl_coef=algorithm.kl_coef,
                     kl_estimator=algorithm.kl_estimator,
-                    entropy=entropy,
+                    entropy=current.entropy,
                     entropy_coef=algorithm.entropy_coef,
                 )
                 out.loss.backward()
                 # Each micro-batch's terms are already divided by the mini-batch size: they add up.
                 totals["policy_loss"] += float(out.policy_loss)
                 totals["kl"] += float(out.kl)
-                totals["entropy"] += float(out.entropy)
-                totals["clip_fraction"] += float(out.clip_fraction) * float(part.rationale_mask.sum())
+                part_tokens = float(part.rationale_mask.sum())
+                entropy_sum += float(current.entropy.detach().sum())
+                entropy_tokens += part_tokens
+                totals["clip_fraction"] += float(out.clip_fraction) * part_tokens
                 stats.ratio_max = max(stats.ratio_max, float(out.ratio_max))
             # With no rows (every advantage zero) there are no gradients and AdamW's step is a no-op,
             # but the schedule still advances: it counts update slots, not non-empty updates.
-            stats.grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip))
+            totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip))
             optimizer.step()
             scheduler.step()
             stats.updates += 1
     tokens = float(batch.rationale_mask[trained].sum())
     stats.policy_loss = totals["policy_loss"] / stats.updates
     stats.kl = totals["kl"] / stats.updates
-    stats.entropy = totals["entropy"] / stats.updates
+    stats.grad_norm = totals["grad_norm"] / stats.updates  # mean over the step's optimizer updates
+    stats.entropy = entropy_sum / max(entropy_tokens, 1.0)
     stats.clip_fraction = totals["clip_fraction"] / max(tokens * algorithm.ppo_epochs, 1.0)
     model.eval()
     return stats

@@ -77,3 +77,36 @@ def test_micro_batches_with_a_global_normaliser_add_up_to_the_full_batch():
 def test_unknown_aggregation_is_rejected():
     with pytest.raises(ValueError, match="unknown loss aggregation"):
         ppo_loss(OLD, OLD, ADV, MASK, aggregation="sum")
+
+
+def test_policy_logprobs_and_entropies_equal_a_plain_full_log_softmax(tiny, tiny_template):
+    from grace.rollout import Role, RoleSampling, RolloutRequest, rollout
+
+    model, tokenizer = tiny
+    requests = [RolloutRequest("A short text.", 0, Role.QUERY), RolloutRequest("A much longer text about cats and dogs.", 1, Role.POSITIVE)]
+    sampling = {Role.QUERY: RoleSampling(2, 0.0, 1.0, 5), Role.POSITIVE: RoleSampling(2, 0.7, 1.0, 7)}  # greedy and T=0.7
+    batch = rollout(model, tokenizer, tiny_template, requests, sampling, pooling="after_system", max_prompt_tokens=None, seeds=[1, 2, 3, 4])
+
+    logged = policy_logprobs(model, batch, entropy="logged")
+    trained = policy_logprobs(model, batch, entropy="trained")
+    assert policy_logprobs(model, batch).entropy is None
+
+    # Reference: the whole sequence through the model, a full log-softmax at the sampling temperature.
+    mask = batch.attention_mask
+    logits = model(input_ids=batch.sequence_ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+    t = torch.where(batch.temperature > 0, batch.temperature, 1.0).view(-1, 1, 1)
+    log_probs = torch.log_softmax(logits[:, batch.prompt_length - 1 : -1].float() / t, dim=-1)
+    real = batch.rationale_mask
+    expected = torch.where(real, log_probs.gather(-1, batch.rationale_ids.unsqueeze(-1)).squeeze(-1), 0.0)
+    expected_entropy = torch.where(real, -(log_probs.exp() * log_probs).sum(-1), 0.0)
+
+    assert torch.allclose(logged.logprobs, expected, atol=1e-5)
+    assert torch.allclose(logged.logprobs, batch.logprobs, atol=1e-4)  # on-policy: what the rollout sampled with
+    assert torch.allclose(logged.entropy, expected_entropy, atol=1e-4)
+    assert torch.allclose(trained.entropy, expected_entropy, atol=1e-4)
+    assert trained.entropy.requires_grad and not logged.entropy.requires_grad
+
+
+def test_unknown_entropy_mode_is_rejected(tiny):
+    with pytest.raises(ValueError, match="unknown entropy mode"):
+        policy_logprobs(tiny[0], None, entropy="yes")

@@ -35,7 +35,7 @@ def policy_step(model, tokenizer, estimator, max_new_tokens):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in model.parameters()]
     model.train()
-    current = policy_logprobs(model, batch, with_entropy=True)
+    current = policy_logprobs(model, batch, entropy="trained")
     out = ppo_loss(current.logprobs, batch.logprobs, advantages, batch.rationale_mask, entropy=current.entropy)
     out.loss.backward()
     optimizer.step()
