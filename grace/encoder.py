@@ -11,13 +11,18 @@ encoding and indexing embed a text the same way. Every path goes through ``grace
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
+import os
 import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -204,11 +209,14 @@ class GraceEncoder:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer: name, dtype, shape and bytes (the shape too, because a [2, 3]
+    and a [3, 2] tensor can hold the same bytes)."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\x00{tensor.dtype}\x00{tuple(tensor.shape)}\x00".encode())
+        # reshape(-1) first: a 0-dim tensor (a scalar buffer) cannot be viewed as bytes directly.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -250,20 +258,81 @@ def save_encoder(
     query: EmbeddingConfig | None = None,
     name: str = "grace",
 ) -> Path:
-    """Weights (safetensors), tokenizer and ``grace_encoder.json``, written to a staging directory first and
-    renamed into place, so an interrupted save never leaves a half-written encoder behind."""
+    """Weights (safetensors), tokenizer and ``grace_encoder.json`` in ``directory``.
+
+    ``directory`` must be missing, empty, or a saved encoder (which is replaced): anything else may be a
+    training run or the user's files, and is refused rather than wiped. The files are written to a
+    staging directory and swapped into place (``staged_directory``), so an interrupted save never leaves
+    a half-written encoder, and the previous one stays readable until the new one is complete.
+    """
     target = Path(directory)
+    check_replaceable(target, marker=ENCODER_CONFIG_FILE, what="a saved GRACE encoder")
+    with staged_directory(target) as staging:
+        write_encoder_files(staging, model, tokenizer, document, query, name)
+    return target
+
+
+def check_replaceable(target: Path, *, marker: str, what: str) -> None:
+    """Refuse to replace ``target`` unless it is missing, an empty directory, or holds ``marker`` (one of ours)."""
+    if not target.exists() or (target / marker).is_file():
+        return
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    raise ValueError(
+        f"{target} exists and is not {what} (it has no {marker}): refusing to replace it; "
+        f"choose a new or empty directory"
+    )
+
+
+@contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Yield an empty staging directory beside ``target``; when the block finishes, it becomes ``target``.
+
+    An existing ``target`` is exchanged with the staging directory in one atomic ``renameat2`` where the
+    system has it, so a reader always finds either the old or the new directory, never nothing; elsewhere
+    the old one is first renamed aside (a retired directory) and removed only once the new one is in
+    place. If the block fails, the staging directory is removed and ``target`` is untouched.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        write_encoder_files(staging, model, tokenizer, document, query, name)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; models and indexes are shared
+        yield staging
+        if not target.exists():
+            os.replace(staging, target)
+        elif _exchange(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now holds the old directory
+        else:
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if renameat2 is None:
+        return False
+    at_cwd = -100  # AT_FDCWD: the paths are used as given
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot exchange
+        return False
+    raise OSError(error, f"cannot swap {a} into place: {os.strerror(error)}", str(b))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_encoder_files(

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,7 +29,7 @@ import faiss
 import numpy as np
 
 from grace.embedding import EmbeddingConfig
-from grace.encoder import GraceEncoder
+from grace.encoder import GraceEncoder, check_replaceable, staged_directory
 
 INDEX_FILE = "index.faiss"
 DOCUMENTS_FILE = "documents.jsonl"
@@ -210,7 +207,8 @@ def build_index(
     check_corpus(texts, ids)
     spec = spec.resolved(len(texts))
     target = Path(directory)
-    _check_replaceable(target)
+    # An existing index may be replaced; any other non-empty path is the user's and is left alone.
+    check_replaceable(target, marker=MANIFEST_FILE, what="a GRACE index")
 
     vectors = np.empty((len(texts), encoder.embedding_dim), dtype=np.float32)
     documents: list[Document] = []
@@ -270,36 +268,14 @@ def find_duplicate(ids: Sequence[str]) -> tuple[str, int, int] | None:
     return None
 
 
-def _check_replaceable(target: Path) -> None:
-    """An existing index may be replaced; any other non-empty path is the user's and is left alone."""
-    if target.exists() and not (target / MANIFEST_FILE).is_file():
-        if not target.is_dir() or any(target.iterdir()):
-            raise ValueError(f"{target} exists and is not a GRACE index: choose a new or empty directory")
-
-
 def _write_directory(target: Path, index: faiss.Index, documents: list[Document], manifest: IndexManifest) -> None:
-    """Write into a staging directory and rename it into place: a reader never sees half an index."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it private; an index is meant to be shared
+    """Write into a staging directory and swap it into place: a reader never sees half an index."""
+    with staged_directory(target) as staging:
         faiss.write_index(index, str(staging / INDEX_FILE))
         with open(staging / DOCUMENTS_FILE, "w", encoding="utf-8") as handle:
             for document in documents:
                 handle.write(json.dumps(asdict(document), ensure_ascii=False) + "\n")
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n")
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
-            os.replace(target, retired / "index")
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------------- loading and searching

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+import grace.encoder as encoder_module
 from grace.embedding import Decoding, EmbeddingConfig, embed
-from grace.encoder import GraceEncoder, save_encoder
+from grace.encoder import ENCODER_CONFIG_FILE, GraceEncoder, model_fingerprint, save_encoder
 from grace.models import TINY_RANDOM, load_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,3 +138,71 @@ def test_packaged_model_checkpoint_loads_and_explains_in_a_fresh_session(tmp_pat
     np.testing.assert_allclose(vectors, here.embeddings, atol=1e-4)
     assert fresh["explain_document"] == here.rationales
     assert all(len(r.split()) >= 2 for r in here.rationales), here.rationales  # real words from a real model
+
+
+# ---------------------------------------------------------------------- saving never destroys what is not ours
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("{}\n")),  # a training run, say
+    lambda d: d.write_text("a file"),
+])
+def test_save_refuses_a_path_that_is_not_a_saved_encoder(tmp_path, tiny, make):
+    target = tmp_path / "run"
+    make(target)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=r"run exists and is not a saved GRACE encoder \(it has no grace_encoder.json\)"):
+        GraceEncoder(*tiny).save(target)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing removed, no staging debris
+
+
+def test_save_into_an_empty_directory(tmp_path, tiny):
+    (tmp_path / "empty").mkdir()
+    saved = GraceEncoder(*tiny).save(tmp_path / "empty")
+    assert (saved / ENCODER_CONFIG_FILE).is_file()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "retired-directory"])
+def test_save_replaces_an_encoder_and_the_target_always_holds_one(tmp_path, tiny, monkeypatch, exchange):
+    target = tmp_path / "encoder"
+    GraceEncoder(*tiny).save(target)
+    (target / "stale.txt").write_text("from the old save")
+    newer = GraceEncoder(*load_policy(TINY_RANDOM, seed=1))
+    if not exchange:
+        monkeypatch.setattr(encoder_module, "_exchange", lambda a, b: False)
+    removed_while: list[str] = []
+    rmtree = shutil.rmtree
+
+    def spying_rmtree(path, *args, **kwargs):
+        removed_while.append(json.loads((target / ENCODER_CONFIG_FILE).read_text())["fingerprint"])
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(encoder_module.shutil, "rmtree", spying_rmtree)
+    newer.save(target)
+
+    assert removed_while == [newer.fingerprint]  # the old copy is removed only once the new one is in place
+    assert GraceEncoder.from_pretrained(target).fingerprint == newer.fingerprint
+    assert not (target / "stale.txt").exists()  # replaced, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ["encoder"]  # no staging or retired directory left
+
+
+# ---------------------------------------------------------------------- fingerprint
+
+
+class ScaledLinear(torch.nn.Module):
+    """Has a 0-dim buffer, as some models do (a scale, a step counter)."""
+
+    def __init__(self, rows: int = 2, columns: int = 3):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.arange(rows * columns, dtype=torch.float32).view(rows, columns))
+        self.register_buffer("scale", torch.tensor(2.0))
+
+
+def test_fingerprint_covers_scalar_tensors_shapes_and_dtypes():
+    base = model_fingerprint(ScaledLinear())
+    assert base == model_fingerprint(ScaledLinear())
+    rescaled = ScaledLinear()
+    rescaled.scale.fill_(3.0)
+    assert model_fingerprint(rescaled) != base
+    assert model_fingerprint(ScaledLinear(3, 2)) != base  # same bytes, other shape
+    assert model_fingerprint(ScaledLinear().to(torch.float64)) != base
