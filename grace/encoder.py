@@ -15,6 +15,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -34,8 +35,11 @@ from grace.models import cache_dir, count_parameters, load_policy
 from grace.prompts import PromptTemplate
 
 ENCODER_CONFIG_FILE = "grace_encoder.json"
-FORMAT_VERSION = 1
+# 2: records the dtype, and the fingerprint hashes shapes too (a version-1 fingerprint is not comparable).
+FORMAT_VERSION = 2
 ROLES = ("document", "query")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,7 +62,10 @@ class GraceEncoder:
         name: str = "grace",
         batch_size: int = 16,
         cache: EmbeddingCache | None = None,
+        expected_fingerprint: str | None = None,
     ):
+        """``expected_fingerprint``: what the saved settings say the weights hash to; a warning is logged
+        if they differ once the fingerprint is computed (lazily: hashing a large model takes seconds)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.configs = {"document": document or EmbeddingConfig(), "query": query or document or EmbeddingConfig()}
@@ -67,6 +74,7 @@ class GraceEncoder:
         self.cache = cache
         self._templates: dict[str, PromptTemplate] = {}
         self._fingerprint: str | None = None
+        self.expected_fingerprint = expected_fingerprint
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -99,6 +107,8 @@ class GraceEncoder:
         embedding_cache = None
         if cache:
             embedding_cache = EmbeddingCache(cache_dir() / "embeddings.sqlite" if cache is True else cache)
+        # Weights loaded in another dtype hash differently by design: only the same dtype can be compared.
+        same_dtype = saved.get("dtype") == dtype_name(model)
         return cls(
             model,
             tokenizer,
@@ -107,6 +117,7 @@ class GraceEncoder:
             name=saved.get("name") or str(source),
             batch_size=batch_size,
             cache=embedding_cache,
+            expected_fingerprint=saved.get("fingerprint") if same_dtype else None,
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -201,10 +212,25 @@ class GraceEncoder:
         return max(c.max_prompt_tokens + (c.decoding.max_new_tokens if c.rationale else 0) for c in self.configs.values())
 
     @property
+    def dtype(self) -> str:
+        """The weights' dtype as ``from_pretrained`` takes it: "float32", "bfloat16", ..."""
+        return dtype_name(self.model)
+
+    @property
+    def device(self) -> str:
+        return str(next(self.model.parameters()).device)
+
+    @property
     def fingerprint(self) -> str:
         """A hash of the weights: a cache entry can never be served for a different model."""
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
+            if self.expected_fingerprint not in (None, self._fingerprint):
+                logger.warning(
+                    "encoder %s: its %s records weights %s, but the loaded weights hash to %s: the weight files "
+                    "were changed after the encoder was saved, so its embeddings may differ from the ones made then",
+                    self.name, ENCODER_CONFIG_FILE, self.expected_fingerprint, self._fingerprint,
+                )
         return self._fingerprint
 
 
@@ -218,6 +244,10 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         # reshape(-1) first: a 0-dim tensor (a scalar buffer) cannot be viewed as bytes directly.
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def dtype_name(model: torch.nn.Module) -> str:
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def resolve_model_dir(source: str | Path) -> Path | None:
@@ -235,18 +265,33 @@ def resolve_model_dir(source: str | Path) -> Path | None:
 
 
 def read_encoder_settings(directory: Path) -> dict:
-    """``{"document": EmbeddingConfig, "query": EmbeddingConfig, "name": str}`` from a saved encoder, or {}."""
+    """The settings of a saved encoder, or {} when ``directory`` has none:
+    ``{"document": EmbeddingConfig, "query": EmbeddingConfig, "name": str | None, "fingerprint": str | None,
+    "dtype": str | None}`` (fingerprint and dtype: None when written by a version-1 grace)."""
     path = directory / ENCODER_CONFIG_FILE
     if not path.is_file():
         return {}
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        version = raw.get("format_version")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a valid GRACE encoder config ({error})") from error
+    if isinstance(version, int) and version > FORMAT_VERSION:  # refused before anything is read wrongly
+        raise ValueError(
+            f"{path} was written by a newer grace (format version {version}; this one reads up to "
+            f"{FORMAT_VERSION}): upgrade grace to load this encoder"
+        )
+    try:
+        if version not in range(1, FORMAT_VERSION + 1):
+            raise ValueError(f"unknown format_version {version!r}")
         return {
             "document": EmbeddingConfig.from_dict(raw["document"]),
             "query": EmbeddingConfig.from_dict(raw["query"]),
             "name": raw.get("name"),
+            "fingerprint": raw.get("fingerprint") if version >= 2 else None,
+            "dtype": raw.get("dtype"),
         }
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(f"{path}: not a valid GRACE encoder config ({error})") from error
 
 
@@ -348,6 +393,7 @@ def write_encoder_files(
     settings = {
         "format_version": FORMAT_VERSION,
         "name": name,
+        "dtype": dtype_name(model),
         "fingerprint": model_fingerprint(model),
         "document": document.to_dict(),
         "query": (query or document).to_dict(),

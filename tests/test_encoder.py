@@ -206,3 +206,36 @@ def test_fingerprint_covers_scalar_tensors_shapes_and_dtypes():
     assert model_fingerprint(rescaled) != base
     assert model_fingerprint(ScaledLinear(3, 2)) != base  # same bytes, other shape
     assert model_fingerprint(ScaledLinear().to(torch.float64)) != base
+
+
+# ---------------------------------------------------------------------- reading saved settings
+
+
+def edit_settings(directory: Path, **changes) -> None:
+    path = directory / ENCODER_CONFIG_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_settings_of_a_newer_format_are_refused_with_a_clear_message(tmp_path, tiny):
+    saved = GraceEncoder(*tiny).save(tmp_path / "encoder")
+    edit_settings(saved, format_version=99)
+    with pytest.raises(ValueError, match=r"written by a newer grace \(format version 99; this one reads up to 2\): upgrade"):
+        GraceEncoder.from_pretrained(saved)
+    edit_settings(saved, format_version="two")
+    with pytest.raises(ValueError, match=r"not a valid GRACE encoder config \(unknown format_version 'two'\)"):
+        GraceEncoder.from_pretrained(saved)
+
+
+def test_weights_changed_after_saving_are_reported_when_fingerprinted(tmp_path, tiny, caplog):
+    saved = GraceEncoder(*tiny).save(tmp_path / "encoder")
+    settings = json.loads((saved / ENCODER_CONFIG_FILE).read_text())
+    assert settings["dtype"] == "float32" and settings["format_version"] == 2
+    with caplog.at_level("WARNING", logger="grace.encoder"):
+        assert GraceEncoder.from_pretrained(saved).fingerprint == settings["fingerprint"]
+        GraceEncoder.from_pretrained(saved, dtype="bfloat16").fingerprint  # another dtype hashes differently
+    assert caplog.records == []
+
+    edit_settings(saved, fingerprint="0" * 32)  # as if the weight files had been replaced
+    with caplog.at_level("WARNING", logger="grace.encoder"):
+        GraceEncoder.from_pretrained(saved).fingerprint
+    assert "records weights 00000000000000000000000000000000, but the loaded weights hash to" in caplog.text
