@@ -7,8 +7,9 @@ This is the entry point other code and outside users build on::
 
 ``group`` says which training example a rollout belongs to; ``role`` is 0 query, 1 positive, 2 negative
 (unsupervised mode has no negatives; its "query" is a second view of the same sentence). Embeddings are
-L2-normalised, so dot products are cosines. Every term is computed for all rollouts at once with
-matrix products and scatter operations; ``tests/test_rewards.py`` checks them against plain loops.
+L2-normalised here (a no-op for the rollout's, which already are), so dot products are cosines. Every
+term is computed for all rollouts at once with matrix products and scatter operations;
+``tests/test_rewards.py`` checks them against plain loops.
 
 ``variant="paper"`` reproduces the official GRACE reward (arXiv 2510.04506). For positive rollout i of
 group g, with q_g the group's query and n_g its negative (mean embeddings, re-normalised, when a role
@@ -75,7 +76,8 @@ def compute_rewards(
 ) -> RewardBreakdown:
     """Rewards for R rollouts; see the module docstring for the formulas."""
     _check_inputs(embeddings, group, role, truncated, variant, mode, tau)
-    e = embeddings.float()
+    # Every term below is a dot product read as a cosine: normalise here rather than trust the caller.
+    e = F.normalize(embeddings.float(), dim=-1)
     group_index = torch.unique(group, return_inverse=True)[1]
     structure = _GroupStructure.build(e, group_index, role, mode)
     if variant == "paper":

@@ -204,3 +204,14 @@ def test_within_group_std_is_zero_for_constant_groups():
     values = torch.tensor([1.0, 1.0, 5.0, 5.0])
     assert within_group_std(values, torch.tensor([0, 0, 1, 1])) == 0
     assert torch.isclose(within_group_std(values, torch.tensor([0, 1, 0, 1])), torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("variant", ["paper", "contrastive"])
+def test_unnormalised_embeddings_give_the_rewards_of_their_unit_vectors(variant):
+    e, group, role, truncated = random_batch(seed=5)
+    scale = torch.rand(len(e), 1, generator=torch.Generator().manual_seed(1)) * 10 + 0.1
+    scaled = compute_rewards(e * scale, group, role, truncated, variant=variant)
+    unit_rewards = compute_rewards(e, group, role, truncated, variant=variant)
+    assert torch.allclose(scaled.total, unit_rewards.total, atol=1e-5)
+    for name in unit_rewards.terms:
+        assert torch.allclose(scaled.terms[name], unit_rewards.terms[name], atol=1e-5), name
