@@ -22,6 +22,7 @@ from grace.data import (
     wiki_sentences,
 )
 from grace.data.packaged import split_sentences
+from grace.data.readers import check_source
 
 TRIPLETS = [
     {"query": "What is the capital of France?", "positive": "Paris is it.", "negative": "Cats purr."},
@@ -249,10 +250,39 @@ def test_bad_arguments_are_named(tmp_path):
         load_examples(str(tmp_path / "nowhere.jsonl"), "supervised")
     with pytest.raises(ValueError, match=r"unsupported file type '\.csv'"):
         load_examples(str(write_lines(tmp_path / "train.csv", ["a,b"])), "supervised")
-    with pytest.raises(ValueError, match="use one of wiki, chatterbot, lee_background"):
+    with pytest.raises(ValueError, match="use one of packaged:wiki, packaged:chatterbot, packaged:lee_background"):
         load_examples("packaged:imdb", "unsupervised")
-    with pytest.raises(ValueError, match="supervised data"):
+    with pytest.raises(ValueError, match="holds supervised data.*use mode='supervised', or unsupervised data such as packaged:wiki"):
         load_examples("packaged:chatterbot", "unsupervised")
+    with pytest.raises(ValueError, match="packaged:wiki has no split 'eval'; it has train"):
+        load_examples("packaged:wiki", "unsupervised", split="eval")
+
+
+@pytest.mark.parametrize(
+    "source, mode, split, error, message",
+    [
+        ("packaged:imdb", "supervised", "train", ValueError, "unknown packaged corpus 'imdb'"),
+        ("packaged:wiki", "supervised", "train", ValueError, "holds unsupervised data.*packaged:chatterbot"),
+        ("packaged:chatterbot", "supervised", "test", ValueError, "has no split 'test'; it has train, eval"),
+        ("{tmp}/corpus.txt", "supervised", "train", ValueError, r"\.txt file .* only suits mode='unsupervised'"),
+        ("{tmp}/train.csv", "supervised", "train", ValueError, "unsupported file type '.csv'"),
+        ("{tmp}/nowhere.jsonl", "supervised", "train", FileNotFoundError, "does not exist"),
+        ("{tmp}", "supervised", "train", FileNotFoundError, "not one written by datasets' save_to_disk"),
+    ],
+)
+def test_check_source_rejects_hopeless_sources_without_reading_them(tmp_path, source, mode, split, error, message):
+    for name in ("corpus.txt", "train.csv"):
+        (tmp_path / name).write_text("a\n")
+    with pytest.raises(error, match=message):
+        check_source(source.format(tmp=tmp_path), mode, split)
+
+
+@pytest.mark.parametrize(
+    "source, mode, split",
+    [("packaged:chatterbot", "supervised", "eval"), ("packaged:wiki", "unsupervised", "train"), ("hf:any/name", "supervised", "x")],
+)
+def test_check_source_accepts_what_the_readers_read(source, mode, split):
+    check_source(source, mode, split)
 
 
 # ---------------------------------------------------------------- packaged corpora
@@ -270,6 +300,29 @@ def test_wiki_sentences_look_like_sentences():
         assert 6 <= len(sentence.split()) <= 60, sentence
     sentences.clear()  # callers get their own list; the cache is untouched
     assert wiki_sentences()[0].startswith("Anarchism is a political philosophy")
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_a_bad_chatterbot_example_is_named_by_its_yaml_file_and_line():
+    with pytest.raises(DataError, match=r"packaged:chatterbot, (\w+\.yml):(\d+), field 'positive'") as caught:
+        load_examples("packaged:chatterbot", "supervised", token_count=words, max_tokens=4)
+    name, line = re.search(r"(\w+\.yml):(\d+)", str(caught.value)).groups()
+    first = chatterbot_triplets("train")[0]
+    assert first.origin == f"packaged:chatterbot:{name}:{line}"
+    from grace.data.chatterbot import corpus_dir
+
+    assert first.query in (corpus_dir() / name).read_text(encoding="utf-8").splitlines()[int(line) - 1]
+
+
+@pytest.mark.parametrize(
+    "source, place", [("packaged:wiki", "sentence 1"), ("packaged:lee_background", "lee_background.cor:1")]
+)
+def test_a_bad_packaged_text_is_named_by_its_place(source, place):
+    with pytest.raises(DataError, match=f"{source}, {place}, field 'text': text has"):
+        load_examples(source, "unsupervised", token_count=words, max_tokens=2)
 
 
 def test_wiki_loader_reads_packaged_sentences():

@@ -27,7 +27,7 @@ class QAPair:
     question: str
     answer: str
     category: str  # file stem, e.g. "trivia"
-    origin: str  # "<file>:<conversation index>" for error messages and provenance
+    origin: str  # "<file>:<line>", the line of the question in the YAML file, for error messages and provenance
 
 
 def corpus_dir() -> Path:
@@ -43,8 +43,7 @@ def load_chatterbot_pairs() -> tuple[QAPair, ...]:
     pairs: list[QAPair] = []
     seen: set[str] = set()
     for path in sorted(corpus_dir().glob("*.yml")):
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        for index, conversation in enumerate(document.get("conversations") or []):
+        for line, conversation in _conversations(path):
             if not isinstance(conversation, list) or len(conversation) < 2:
                 continue
             question, answer = str(conversation[0]).strip(), str(conversation[1]).strip()
@@ -52,8 +51,24 @@ def load_chatterbot_pairs() -> tuple[QAPair, ...]:
             if not question or not answer or key in seen:
                 continue
             seen.add(key)
-            pairs.append(QAPair(question, answer, path.stem, f"{path.name}:{index}"))
+            pairs.append(QAPair(question, answer, path.stem, f"{path.name}:{line}"))
     return tuple(pairs)
+
+
+def _conversations(path: Path) -> list[tuple[int, object]]:
+    """(1-based line where it starts, value) of every conversation of one category file.
+
+    Composed to a node tree first, because only nodes know their line; the values are then built exactly
+    as ``yaml.safe_load`` builds them ("yes" still becomes True, and str() of it "True", as before).
+    """
+    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    nodes = {key.value: value for key, value in root.value}.get("conversations")
+    if not isinstance(nodes, yaml.SequenceNode):
+        return []
+    constructor = yaml.SafeLoader("")
+    return [(node.start_mark.line + 1, constructor.construct_document(node)) for node in nodes.value]
 
 
 def chatterbot_split(split: str) -> tuple[QAPair, ...]:

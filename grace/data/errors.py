@@ -14,11 +14,17 @@ class DataIssue:
     line: int | None  # 1-based line (files) or row index + 1 (parquet, datasets, packaged corpora)
     field: str | None  # "query", "positive", "negative", "text"; None when the whole line is bad
     reason: str  # "empty text", "malformed JSON: Expecting ',' delimiter", ...
+    # Where the example really is when "line N of source" is no place a user can open: a packaged
+    # corpus's N-th example comes from "ai.yml:12" (file and line inside the package) or "sentence 37".
+    place: str | None = None
 
     def describe(self) -> str:
-        """``"data/train.jsonl, line 12, field 'positive': empty text"``."""
+        """``"data/train.jsonl, line 12, field 'positive': empty text"``; packaged corpora:
+        ``"packaged:chatterbot, ai.yml:12, field 'positive': ..."``."""
         where = self.source
-        if self.line is not None:
+        if self.place is not None:
+            where += f", {self.place}"
+        elif self.line is not None:
             where += f", line {self.line}"
         if self.field is not None:
             where += f", field {self.field!r}"

@@ -21,7 +21,10 @@ MODES = ("supervised", "unsupervised")
 ON_ERROR = ("raise", "skip")
 TRIPLET_FIELDS = ("query", "positive", "negative")
 JSON_SUFFIXES = (".jsonl", ".json")
-PACKAGED = ("wiki", "chatterbot", "lee_background")
+# The packaged corpora: the mode of the examples each one holds, and its splits.
+PACKAGED_MODES = {"wiki": "unsupervised", "chatterbot": "supervised", "lee_background": "unsupervised"}
+PACKAGED_SPLITS = {"wiki": ("train",), "chatterbot": ("train", "eval"), "lee_background": ("train",)}
+PACKAGED = tuple(PACKAGED_MODES)
 ACCEPTED_SOURCES = (
     "a .jsonl/.json (one JSON object per line), .txt (one text per line) or .parquet file; "
     "a directory saved with datasets.Dataset.save_to_disk; "
@@ -56,6 +59,7 @@ class _Record:
     line: int  # 1-based
     value: Any
     origin: str
+    place: str | None = None  # DataIssue.place: where a packaged corpus's example really comes from
 
 
 def load_examples(
@@ -117,56 +121,87 @@ def _to_example(
     budget: tuple[Callable[[str], int], int] | None,
 ) -> Example | DataIssue:
     """Check one record field by field and build its example, or say what is wrong with it."""
+
+    def issue(field: str | None, reason: str) -> DataIssue:
+        return DataIssue(source, record.line, field, reason, place=record.place)
+
     if not isinstance(record.value, dict):
-        return DataIssue(source, record.line, None, f"not a JSON object (got {_type_name(record.value)})")
+        return issue(None, f"not a JSON object (got {_type_name(record.value)})")
     texts: list[str] = []
     for field in fields:
         if field not in record.value:
-            return DataIssue(source, record.line, field, "missing field")
+            return issue(field, "missing field")
         value = record.value[field]
         if not isinstance(value, str):
-            return DataIssue(source, record.line, field, f"not a string (got {_type_name(value)})")
+            return issue(field, f"not a string (got {_type_name(value)})")
         text = value.strip()
         if not text:
-            return DataIssue(source, record.line, field, "empty text")
+            return issue(field, "empty text")
         if budget is not None:
             token_count, max_tokens = budget
             tokens = token_count(text)
             if tokens > max_tokens:
-                reason = f"text has {tokens} tokens, over the prompt budget of {max_tokens}"
-                return DataIssue(source, record.line, field, reason)
+                return issue(field, f"text has {tokens} tokens, over the prompt budget of {max_tokens}")
         texts.append(text)
     if len(fields) == 3:
         return Triplet(texts[0], texts[1], texts[2], origin=record.origin)
     return Sentence(texts[0], origin=record.origin)
 
 
+def check_source(source: str, mode: str, split: str = "train") -> None:
+    """Raise if ``source`` cannot give ``mode`` examples, judged from its name and form without reading
+    it, so that a trainer rejects a hopeless data setting before it loads a model: an unknown packaged
+    corpus or split, a corpus of the other mode, a missing path, a .txt file in supervised mode, an
+    unsupported file type. Missing paths raise FileNotFoundError, the rest ValueError."""
+    if source.startswith("hf:"):
+        return  # only the hub can say
+    if source.startswith("packaged:"):
+        name = source.removeprefix("packaged:")
+        if name not in PACKAGED_MODES:
+            known = ", ".join(f"packaged:{n}" for n in PACKAGED_MODES)
+            raise ValueError(f"unknown packaged corpus {name!r}: use one of {known}")
+        wanted = PACKAGED_MODES[name]
+        if mode != wanted:
+            suitable = ", ".join(f"packaged:{n}" for n, m in PACKAGED_MODES.items() if m == mode)
+            raise ValueError(
+                f"{source} holds {wanted} data; it cannot be read with mode={mode!r}: "
+                f"use mode={wanted!r}, or {mode} data such as {suitable}"
+            )
+        if split not in PACKAGED_SPLITS[name]:
+            raise ValueError(f"{source} has no split {split!r}; it has {', '.join(PACKAGED_SPLITS[name])}")
+        return
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"data source {source!r} does not exist; accepted sources: {ACCEPTED_SOURCES}")
+    if path.is_dir():
+        _check_saved_dataset(path)
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".txt" and mode == "supervised":
+        raise ValueError(
+            f"{source}: a .txt file holds one text per line, which only suits mode='unsupervised'; "
+            f"supervised data needs a .jsonl or .parquet file with fields {', '.join(TRIPLET_FIELDS)}"
+        )
+    if suffix not in (*JSON_SUFFIXES, ".txt", ".parquet"):
+        raise ValueError(f"{source}: unsupported file type {suffix!r}; accepted sources: {ACCEPTED_SOURCES}")
+
+
 def _records(source: str, mode: str, fields: tuple[str, ...], split: str) -> Iterator[_Record | DataIssue]:
     """Dispatch on the form of ``source``; each reader yields records or whole-line issues."""
+    check_source(source, mode, split)
     if source.startswith("packaged:"):
-        return _packaged_records(source, mode, fields, split)
+        return _packaged_records(source, fields, split)
     if source.startswith("hf:"):
         return _dataset_records(_load_hub_dataset(source, split), label=source)
     path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"data source {source!r} does not exist; accepted sources: {ACCEPTED_SOURCES}"
-        )
     if path.is_dir():
         return _dataset_records(_load_saved_dataset(path, split), label=path.name)
     suffix = path.suffix.lower()
     if suffix in JSON_SUFFIXES:
         return _json_lines(path, source)
     if suffix == ".txt":
-        if mode == "supervised":
-            raise ValueError(
-                f"{source}: a .txt file holds one text per line, which only suits mode='unsupervised'; "
-                f"supervised data needs a .jsonl or .parquet file with fields {', '.join(TRIPLET_FIELDS)}"
-            )
         return _text_lines(path, source, fields[0])
-    if suffix == ".parquet":
-        return _parquet_rows(path, source)
-    raise ValueError(f"{source}: unsupported file type {suffix!r}; accepted sources: {ACCEPTED_SOURCES}")
+    return _parquet_rows(path, source)
 
 
 def _decoded_lines(path: Path, source: str) -> Iterator[tuple[int, str] | DataIssue]:
@@ -233,15 +268,19 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
 
 
-def _load_saved_dataset(path: Path, split: str) -> Any:
-    """A directory written by ``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``: pick ``split``)."""
-    import datasets
-
+def _check_saved_dataset(path: Path) -> None:
     if not _is_saved_dataset(path):
         raise FileNotFoundError(
             f"{path} is a directory but not one written by datasets' save_to_disk; "
             f"accepted sources: {ACCEPTED_SOURCES}"
         )
+
+
+def _load_saved_dataset(path: Path, split: str) -> Any:
+    """A directory written by ``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``: pick ``split``)."""
+    import datasets
+
+    _check_saved_dataset(path)
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
@@ -256,25 +295,24 @@ def _dataset_records(dataset: Any, label: str) -> Iterator[_Record]:
         yield _Record(index + 1, value, f"{label}:{index + 1}")
 
 
-def _packaged_records(source: str, mode: str, fields: tuple[str, ...], split: str) -> Iterator[_Record]:
+def _packaged_records(source: str, fields: tuple[str, ...], split: str) -> Iterator[_Record]:
+    """Numbered like rows, placed where a user can look them up: chatterbot by its YAML file and line,
+    lee_background by its line in the .cor file, wiki by sentence number (it comes from markup)."""
     from grace.data import packaged
 
     name = source.removeprefix("packaged:")
-    if name not in PACKAGED:
-        raise ValueError(f"unknown packaged corpus {name!r}: use one of {', '.join(PACKAGED)}")
-    wanted = "supervised" if name == "chatterbot" else "unsupervised"
-    if mode != wanted:
-        raise ValueError(f"{source} holds {wanted} data; it cannot be read with mode={mode!r}")
     if name == "chatterbot":
         for index, triplet in enumerate(packaged.chatterbot_triplets(split)):
             value = {"query": triplet.query, "positive": triplet.positive, "negative": triplet.negative}
-            yield _Record(index + 1, value, triplet.origin)
+            yield _Record(index + 1, value, triplet.origin, place=triplet.origin.removeprefix(f"{source}:"))
         return
-    if split != "train":
-        raise ValueError(f"{source} has only a 'train' split, not {split!r}")
-    texts = packaged.wiki_sentences() if name == "wiki" else packaged.lee_background_documents()
-    for index, text in enumerate(texts):
-        yield _Record(index + 1, {fields[0]: text}, f"{source}:{index + 1}")
+    if name == "wiki":
+        for index, text in enumerate(packaged.wiki_sentences()):
+            yield _Record(index + 1, {fields[0]: text}, f"{source}:{index + 1}", place=f"sentence {index + 1}")
+        return
+    for index, text in enumerate(packaged.lee_background_documents()):  # one document per line
+        place = f"{packaged.LEE_BACKGROUND}:{index + 1}"
+        yield _Record(index + 1, {fields[0]: text}, f"{source}:{index + 1}", place=place)
 
 
 def _issue_kind(issue: DataIssue) -> str:
