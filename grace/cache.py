@@ -1,6 +1,8 @@
 """An on-disk cache of embeddings and their rationales, keyed by everything that decides them.
 
-Key = hash(model fingerprint, embedding config, role settings, text). mteb's STS tasks repeat the same
+Key = hash(EMBED_VERSION, weights fingerprint, tokenizer fingerprint, canonical embedding config, text).
+The config is canonicalised first (``canonical_config``), so settings that cannot change an embedding
+never split the cache. mteb's STS tasks repeat the same
 documents many times and a rebuilt index re-embeds the same corpus: with the cache a repeated text or
 a re-run costs a lookup, not a generation. SQLite (standard library) gives atomic writes and safe
 concurrent readers, so a killed run never leaves a half-written entry and sweep jobs can share it.
@@ -10,10 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from grace.embedding import Decoding, EmbeddingConfig
+
+# Bump when the embed path (grace.embedding.embed: prompt rendering, rollout, pooling) changes what a
+# text embeds to without a change of weights or settings: every entry written before is then unreachable.
+EMBED_VERSION = 1
+
+
+def canonical_config(config: EmbeddingConfig) -> EmbeddingConfig:
+    """``config`` with every setting that cannot change an embedding reset to its default, the one place
+    that knows which they are: all decoding settings without a rationale (nothing is generated), and
+    seed and top_p under greedy decoding (temperature 0 takes the most likely token whatever they say).
+    Two configs that embed alike canonicalise to the same value."""
+    if not config.rationale:
+        return replace(config, decoding=Decoding())
+    if config.decoding.temperature == 0:
+        return replace(config, decoding=replace(config.decoding, seed=Decoding.seed, top_p=Decoding.top_p))
+    return config
 
 
 @dataclass(frozen=True)
@@ -43,8 +63,15 @@ class EmbeddingCache:
         return hashlib.sha256(f"{namespace}\x00{text}".encode()).hexdigest()
 
     @staticmethod
-    def namespace(fingerprint: str, settings: dict) -> str:
-        return hashlib.sha256(f"{fingerprint}\x00{json.dumps(settings, sort_keys=True)}".encode()).hexdigest()
+    def namespace(fingerprint: str, tokenizer_fingerprint: str, config: EmbeddingConfig) -> str:
+        """Everything but the text that decides an entry: embed version, weights, tokenizer, settings."""
+        decided_by = {
+            "embed_version": EMBED_VERSION,
+            "weights": fingerprint,
+            "tokenizer": tokenizer_fingerprint,
+            "settings": canonical_config(config).to_dict(),
+        }
+        return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, CachedEmbedding]:
         found: dict[str, CachedEmbedding] = {}

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from grace.cache import CachedEmbedding, EmbeddingCache
+from grace.cache import CachedEmbedding, EmbeddingCache, canonical_config
 from grace.embedding import EmbeddingConfig, embed
 from grace.models import cache_dir, count_parameters, load_policy
 from grace.prompts import PromptTemplate
@@ -74,6 +74,7 @@ class GraceEncoder:
         self.cache = cache
         self._templates: dict[str, PromptTemplate] = {}
         self._fingerprint: str | None = None
+        self._tokenizer_fingerprint: str | None = None
         self.expected_fingerprint = expected_fingerprint
 
     # ------------------------------------------------------------------ loading and saving
@@ -143,7 +144,9 @@ class GraceEncoder:
         progress: Callable[[int], None] | None = None,
         **overrides,
     ) -> EncodeResult:
-        config = self.config_for(role, **overrides)
+        # Embedded with the canonical settings, so a cached entry and a fresh computation agree bit for bit
+        # (and no k identical "samples" are computed for a text without a rationale).
+        config = canonical_config(self.config_for(role, **overrides))
         texts = list(texts)
         for index, text in enumerate(texts):  # before de-duplication, so the index is the caller's
             if not isinstance(text, str) or not text.strip():
@@ -152,7 +155,7 @@ class GraceEncoder:
         found: dict[str, CachedEmbedding] = {}
         keys: dict[str, str] = {}
         if self.cache is not None:
-            namespace = EmbeddingCache.namespace(self.fingerprint, config.to_dict())
+            namespace = EmbeddingCache.namespace(self.fingerprint, self.tokenizer_fingerprint, config)
             keys = {text: EmbeddingCache.key(namespace, text) for text in unique}
             by_key = self.cache.get_many(list(keys.values()))
             found = {text: by_key[key] for text, key in keys.items() if key in by_key}
@@ -212,6 +215,13 @@ class GraceEncoder:
         return max(c.max_prompt_tokens + (c.decoding.max_new_tokens if c.rationale else 0) for c in self.configs.values())
 
     @property
+    def tokenizer_fingerprint(self) -> str:
+        """A hash of the tokenizer's part in an embedding (see ``tokenizer_fingerprint``)."""
+        if self._tokenizer_fingerprint is None:
+            self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
+        return self._tokenizer_fingerprint
+
+    @property
     def dtype(self) -> str:
         """The weights' dtype as ``from_pretrained`` takes it: "float32", "bfloat16", ..."""
         return dtype_name(self.model)
@@ -244,6 +254,20 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         # reshape(-1) first: a 0-dim tensor (a scalar buffer) cannot be viewed as bytes directly.
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Hash of what in a tokenizer decides an embedding besides the weights: the chat template (it renders
+    the prompt), the special tokens and their ids (padding, EOS, the span boundaries) and the vocabulary
+    size. Saving and reloading a tokenizer keeps it."""
+    special = {name: str(token) for name, token in tokenizer.special_tokens_map.items()}
+    described = {
+        "chat_template": tokenizer.chat_template,
+        "special_tokens": special,
+        "special_ids": {token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens},
+        "vocab_size": len(tokenizer),
+    }
+    return hashlib.blake2b(json.dumps(described, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 def dtype_name(model: torch.nn.Module) -> str:

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+import grace.cache as cache_module
 import grace.encoder as encoder_module
+from grace.cache import EmbeddingCache, canonical_config
 from grace.embedding import Decoding, EmbeddingConfig, embed
 from grace.encoder import ENCODER_CONFIG_FILE, GraceEncoder, model_fingerprint, save_encoder
 from grace.models import TINY_RANDOM, load_policy
@@ -110,16 +112,67 @@ def test_query_and_document_settings_are_separate(tiny):
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
 
 
+def count_forward_calls(encoder: GraceEncoder) -> list[int]:
+    """A list that grows by one at every model call: empty after an encode means the cache served it all.
+    The hook sits on the decoder: rollouts call it directly (for the hidden states), not the model."""
+    calls: list[int] = []
+    encoder.model.get_decoder().register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
 def test_cached_embeddings_equal_computed_ones_and_skip_the_model(tmp_path, tiny):
     cache = tmp_path / "cache.sqlite"
     first_encoder = GraceEncoder.from_pretrained(TINY_RANDOM, query=QUERY, cache=cache)
     first = first_encoder.encode_with_rationales(TEXTS, role="query")
     second_encoder = GraceEncoder.from_pretrained(TINY_RANDOM, query=QUERY, cache=cache)  # a new model object
-    calls = []
-    second_encoder.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    calls = count_forward_calls(second_encoder)
     second = second_encoder.encode_with_rationales(TEXTS, role="query")
     assert calls == []
     assert np.array_equal(first.embeddings, second.embeddings) and first.rationales == second.rationales
+
+
+def test_canonical_config_resets_only_what_cannot_change_an_embedding():
+    sampled = Decoding(temperature=0.7, top_p=0.9, seed=3, num_samples=2, max_new_tokens=9)
+    assert canonical_config(EmbeddingConfig(rationale=False, decoding=sampled)) == EmbeddingConfig(rationale=False)
+    greedy = EmbeddingConfig(decoding=Decoding(top_p=0.5, seed=7, max_new_tokens=9))
+    assert canonical_config(greedy) == EmbeddingConfig(decoding=Decoding(max_new_tokens=9))
+    assert canonical_config(EmbeddingConfig(decoding=sampled)) == EmbeddingConfig(decoding=sampled)
+
+
+def test_settings_that_cannot_change_an_embedding_share_cache_entries(tmp_path, tiny):
+    encoder = GraceEncoder(*tiny, document=DOCUMENT, query=QUERY, cache=EmbeddingCache(tmp_path / "cache.sqlite"))
+    first = encoder.encode(TEXTS, role="query")
+    cached = encoder.encode(TEXTS, role="document")
+    calls = count_forward_calls(encoder)
+    assert np.array_equal(encoder.encode(TEXTS, role="query", decoding={"seed": 5, "top_p": 0.5}), first)  # greedy
+    assert np.array_equal(encoder.encode(TEXTS, decoding=Decoding(temperature=1.0, max_new_tokens=99)), cached)
+    assert calls == []
+    encoder.encode(TEXTS, role="query", decoding={"max_new_tokens": 5})  # a real change is a real miss
+    assert calls
+
+
+def test_cache_entries_are_keyed_by_tokenizer_and_embed_version(tmp_path, tiny, monkeypatch):
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    GraceEncoder(*tiny, document=DOCUMENT, cache=cache).encode(TEXTS)
+    saved = GraceEncoder(*tiny, document=DOCUMENT).save(tmp_path / "encoder")
+    reloaded = GraceEncoder.from_pretrained(saved)
+    reloaded.cache = cache
+    calls = count_forward_calls(reloaded)
+    reloaded.encode(TEXTS)
+    assert calls == []  # a saved and reloaded tokenizer hashes the same
+
+    model, tokenizer = load_policy(TINY_RANDOM)  # the same weights (same seed) ...
+    tokenizer.chat_template = tokenizer.chat_template.replace("<|im_start|>", "<|im_start|> ")  # ... other prompt
+    other_template = GraceEncoder(model, tokenizer, document=DOCUMENT, cache=cache)
+    assert other_template.fingerprint == reloaded.fingerprint
+    calls = count_forward_calls(other_template)
+    other_template.encode(TEXTS[:1])
+    assert calls
+
+    monkeypatch.setattr(cache_module, "EMBED_VERSION", cache_module.EMBED_VERSION + 1)
+    calls = count_forward_calls(reloaded)
+    reloaded.encode(TEXTS[:1])
+    assert calls  # a changed embed path never serves old entries
 
 
 @pytest.mark.slow
@@ -151,7 +204,7 @@ def test_save_refuses_a_path_that_is_not_a_saved_encoder(tmp_path, tiny, make):
     target = tmp_path / "run"
     make(target)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    with pytest.raises(ValueError, match=r"run exists and is not a saved GRACE encoder \(it has no grace_encoder.json\)"):
+    with pytest.raises(ValueError, match=r"run exists and is not a saved GRACE encoder \(it has no grace_encoder"):
         GraceEncoder(*tiny).save(target)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing removed, no staging debris
 
@@ -219,7 +272,7 @@ def edit_settings(directory: Path, **changes) -> None:
 def test_settings_of_a_newer_format_are_refused_with_a_clear_message(tmp_path, tiny):
     saved = GraceEncoder(*tiny).save(tmp_path / "encoder")
     edit_settings(saved, format_version=99)
-    with pytest.raises(ValueError, match=r"written by a newer grace \(format version 99; this one reads up to 2\): upgrade"):
+    with pytest.raises(ValueError, match=r"by a newer grace \(format version 99; this one reads up to 2\): upgrade"):
         GraceEncoder.from_pretrained(saved)
     edit_settings(saved, format_version="two")
     with pytest.raises(ValueError, match=r"not a valid GRACE encoder config \(unknown format_version 'two'\)"):

@@ -96,7 +96,8 @@ def test_second_build_of_the_same_corpus_is_served_from_the_cache(tmp_path):
 
     second_encoder = GraceEncoder.from_pretrained(TINY_RANDOM, document=SHORT_RATIONALE, cache=cache)
     forward_calls: list[int] = []
-    second_encoder.model.register_forward_pre_hook(lambda module, args: forward_calls.append(1))
+    # On the decoder: rollouts call it directly for the hidden states, never the model's own forward.
+    second_encoder.model.get_decoder().register_forward_pre_hook(lambda module, args: forward_calls.append(1))
     second = build_index(second_encoder, CORPUS[:10], tmp_path / "second")
 
     assert forward_calls == []  # not one model call
