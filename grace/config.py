@@ -7,6 +7,7 @@ mini-batches, ...), before any model or data is loaded, with a message that says
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from grace.advantages import ESTIMATORS
+from grace.data.readers import check_source
 from grace.loss import AGGREGATIONS, KL_ESTIMATORS
 from grace.pooling import POOLING_METHODS
 from grace.prompts import GRACE_SYSTEM_PROMPT
@@ -161,11 +163,21 @@ def role_samples(cfg: TrainConfig, role: str) -> int:
     return cfg.rollout.num_samples if own is None else own
 
 
+def role_max_new_tokens(cfg: TrainConfig, role: str) -> int:
+    own = getattr(cfg.rollout, role).max_new_tokens
+    return cfg.rollout.max_new_tokens if own is None else own
+
+
+def rollout_roles(cfg: TrainConfig) -> list[str]:
+    """Roles that are sampled at all: unsupervised mode has no negatives."""
+    return ["query", "positive"] + (["negative"] if cfg.mode == "supervised" else [])
+
+
 def trained_roles(cfg: TrainConfig) -> list[str]:
     """Roles that receive policy gradient: positives only in the paper's recipe, every role in ours."""
     if cfg.reward.variant == "paper":
         return ["positive"]
-    return ["query", "positive"] + (["negative"] if cfg.mode == "supervised" else [])
+    return rollout_roles(cfg)
 
 
 def resolve_train_file(cfg: TrainConfig) -> str:
@@ -205,8 +217,10 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"rollout.{role}.num_samples must be at least 1")
         if settings.temperature < 0 or not 0 < settings.top_p <= 1:
             raise ConfigError(f"rollout.{role}: temperature must be >= 0 and top_p in (0, 1]")
-    if cfg.rollout.max_new_tokens < 1:
-        raise ConfigError("rollout.max_new_tokens must be at least 1: GRACE trains the rationale")
+    for role in rollout_roles(cfg):
+        _check_role_decoding(cfg, role)
+    if cfg.rollout.batch_size < 1:
+        raise ConfigError(f"rollout.batch_size={cfg.rollout.batch_size} must be at least 1 (rows generated together)")
     if cfg.embedding.pooling == "input":
         raise ConfigError("embedding.pooling=input ignores the rationale, so rewards could not train it")
 
@@ -221,13 +235,52 @@ def validate(cfg: TrainConfig) -> None:
     trained_rows = t.batch_size * sum(role_samples(cfg, r) for r in trained_roles(cfg))
     if cfg.algorithm.estimator == "reinforce" and trained_rows < 2:
         raise ConfigError("algorithm=reinforce with one trained rollout per step has no baseline: raise trainer.batch_size")
+    if cfg.reward.variant == "contrastive" and t.batch_size < 2:
+        raise ConfigError(
+            "reward=contrastive needs trainer.batch_size >= 2: it contrasts each rollout with the other examples "
+            "of the step, and with one example a positive's InfoNCE term is log(1) = 0 and the cross-group term "
+            "is 0, leaving little but the clustering term (which rewards sameness). Raise trainer.batch_size"
+        )
+    if cfg.reward.variant == "paper" and t.batch_size < 2:
+        warnings.warn(
+            "reward=paper with trainer.batch_size=1: the cross-group term compares a group with the other groups "
+            "of the step, so with one example it is always 0 (raise trainer.batch_size to use it)",
+            stacklevel=2,
+        )
     if t.lr <= 0 or t.grad_clip <= 0:
         raise ConfigError("trainer.lr and trainer.grad_clip must be positive")
+    if t.warmup_steps < 0:
+        raise ConfigError(f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
+    if t.warmup_steps > 0 and t.schedule == "constant":
+        raise ConfigError(
+            f"trainer.warmup_steps={t.warmup_steps} has no effect with trainer.schedule=constant: "
+            "use trainer.schedule=warmup_constant (or cosine), or trainer.warmup_steps=0"
+        )
     if cfg.algorithm.ppo_epochs < 1:
         raise ConfigError("algorithm.ppo_epochs must be at least 1")
     if t.resume not in ("none", "auto") and not Path(t.resume).is_dir():
         raise ConfigError(f"trainer.resume={t.resume!r}: no such checkpoint directory (or use 'auto' / 'none')")
 
     train_file = resolve_train_file(cfg)
-    if not train_file.startswith(("packaged:", "hf:")) and not Path(train_file).exists():
-        raise ConfigError(f"data.train_file={train_file!r} does not exist")
+    try:
+        check_source(train_file, cfg.mode, cfg.data.split)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"data.train_file={train_file!r} (mode={cfg.mode}, data.split={cfg.data.split}): {error}") from None
+
+
+def _check_role_decoding(cfg: TrainConfig, role: str) -> None:
+    """A trained role needs a rationale to train, and k rationales that can differ under a group baseline."""
+    own = getattr(cfg.rollout, role).max_new_tokens is not None
+    tokens, key = role_max_new_tokens(cfg, role), f"rollout.{role}.max_new_tokens" if own else "rollout.max_new_tokens"
+    trained = role in trained_roles(cfg)
+    if tokens < (1 if trained else 0):
+        why = f"the {role} role is trained, so its rationale needs at least 1 token" if trained else "it must be >= 0"
+        raise ConfigError(f"{key}={tokens}: {why}")
+    k, temperature = role_samples(cfg, role), getattr(cfg.rollout, role).temperature
+    if trained and temperature == 0 and k >= 2 and cfg.algorithm.estimator in ("grpo", "rloo"):
+        raise ConfigError(
+            f"rollout.{role}.temperature=0 decodes greedily, so the k={k} rationales of each {role} text are "
+            f"identical and algorithm={cfg.algorithm.estimator} gives them zero advantage: the role would never "
+            f"train. Set rollout.{role}.temperature > 0 (e.g. 1.0), or use algorithm=reinforce"
+        )
+

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from grace.advantages import compute_advantages
 from grace.checkpoint import latest_checkpoint, load_trainer_state, restore_rng_state, rng_state, save_checkpoint
-from grace.config import TrainConfig, resolve_train_file, role_samples, validate
+from grace.config import TrainConfig, resolve_train_file, role_max_new_tokens, role_samples, validate
 from grace.data import Sentence, Triplet, load_examples
 from grace.data.stream import ExampleStream
 from grace.embedding import Decoding, EmbeddingConfig
@@ -216,7 +216,7 @@ def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
             num_samples=role_samples(cfg, name),
             temperature=settings.temperature,
             top_p=settings.top_p,
-            max_new_tokens=settings.max_new_tokens or cfg.rollout.max_new_tokens,
+            max_new_tokens=role_max_new_tokens(cfg, name),  # a role's own 0 is 0, not "unset"
         )
     return sampling
 

@@ -150,6 +150,10 @@ def test_skip_mode_trains_on_the_good_examples_and_reports_the_rest(tmp_path, ca
         (["data.train_file=/nowhere/train.jsonl"], "does not exist"),
         (["reward.variant=dpo"], "reward.variant='dpo' is not one of"),
         (["trainer.resume=/nowhere/step-3"], "no such checkpoint directory"),
+        (["data.train_file=packaged:foo"], "unknown packaged corpus 'foo'"),
+        (["mode=unsupervised", "data=chatterbot"], "holds supervised data"),
+        (["trainer.batch_size=1"], "reward=contrastive needs trainer.batch_size >= 2"),
+        (["rollout.query.temperature=0"], "decodes greedily"),
     ],
 )
 def test_impossible_settings_fail_before_any_model_is_loaded(tmp_path, monkeypatch, overrides, message):
