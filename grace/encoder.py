@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,7 +30,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.cache import CachedEmbedding, EmbeddingCache, canonical_config
-from grace.embedding import EmbeddingConfig, embed
+from grace.embedding import Decoding, EmbeddingConfig, embed
 from grace.models import cache_dir, count_parameters, load_policy
 from grace.prompts import PromptTemplate
 
@@ -188,12 +188,19 @@ class GraceEncoder:
         )
 
     def config_for(self, role: str, **overrides) -> EmbeddingConfig:
+        """The ``role`` settings with ``overrides`` applied (None = keep): EmbeddingConfig fields, Decoding
+        fields given flat (``max_new_tokens=8``) or as ``decoding=`` (a Decoding, or a partial dict)."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}: use one of {list(ROLES)}")
         config = self.configs[role]
-        if isinstance(overrides.get("decoding"), dict):  # partial settings merge into the saved ones
-            overrides["decoding"] = replace(config.decoding, **overrides["decoding"])
-        return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        decoding = overrides.pop("decoding", config.decoding)
+        if isinstance(decoding, dict):  # partial settings merge into the saved ones
+            _check_setting_names(decoding, _DECODING_FIELDS, "decoding setting")
+            decoding = replace(config.decoding, **decoding)
+        _check_setting_names(overrides, _CONFIG_FIELDS | _DECODING_FIELDS, "setting")
+        flat = {name: overrides.pop(name) for name in _DECODING_FIELDS & overrides.keys()}
+        return replace(config, decoding=replace(decoding, **flat), **overrides)
 
     def _template(self, system_prompt: str) -> PromptTemplate:
         if system_prompt not in self._templates:
@@ -242,6 +249,16 @@ class GraceEncoder:
                     self.name, ENCODER_CONFIG_FILE, self.expected_fingerprint, self._fingerprint,
                 )
         return self._fingerprint
+
+
+_CONFIG_FIELDS = frozenset(f.name for f in fields(EmbeddingConfig))
+_DECODING_FIELDS = frozenset(f.name for f in fields(Decoding))
+
+
+def _check_setting_names(given: dict, valid: frozenset[str], what: str) -> None:
+    unknown = sorted(given.keys() - valid)
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}: valid keys are {', '.join(sorted(valid))}")
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

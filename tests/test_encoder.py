@@ -292,3 +292,16 @@ def test_weights_changed_after_saving_are_reported_when_fingerprinted(tmp_path, 
     with caplog.at_level("WARNING", logger="grace.encoder"):
         GraceEncoder.from_pretrained(saved).fingerprint
     assert "records weights 00000000000000000000000000000000, but the loaded weights hash to" in caplog.text
+
+
+def test_decoding_settings_may_be_given_flat_and_unknown_names_are_refused(tiny):
+    encoder = GraceEncoder(*tiny, document=QUERY)
+    flat = encoder.config_for("document", max_new_tokens=2, temperature=0.5, seed=3, rationale=True)
+    assert flat.decoding == Decoding(max_new_tokens=2, temperature=0.5, seed=3)
+    assert encoder.config_for("document", decoding={"max_new_tokens": 2}).decoding == Decoding(max_new_tokens=2)
+    assert encoder.config_for("document", decoding=Decoding(temperature=1.0), seed=9).decoding == Decoding(1.0, seed=9)
+    assert encoder.explain(TEXTS[:1], max_new_tokens=2) == encoder.explain(TEXTS[:1], decoding={"max_new_tokens": 2})
+    with pytest.raises(ValueError, match=r"unknown setting 'max_tokens': valid keys are decoding, max_new_tokens, "):
+        encoder.encode(TEXTS, max_tokens=8)
+    with pytest.raises(ValueError, match=r"unknown decoding setting 'rationale': valid keys are max_new_tokens, "):
+        encoder.encode(TEXTS, decoding={"rationale": False})
