@@ -68,8 +68,18 @@ def load_policy(
                 f"model path {source!r} does not exist; give a local model directory, a hub id "
                 f"(owner/name), {PACKAGED_SMOLLM2!r} or {TINY_RANDOM!r}"
             )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if Path(model_dir).is_dir():
+            raise  # a local model with a broken file: transformers' message names it
+        # "outputs/run" and "owner/name" look alike; only the hub can tell a missing directory from an id, and
+        # offline its answer ("couldn't connect to huggingface.co") hides that a local path was meant.
+        raise FileNotFoundError(
+            f"no local directory {source!r}, and it could not be loaded as a hub id ({_offline_hint()}): "
+            + " ".join(str(error).split())
+        ) from error
     _ensure_pad_token(model, tokenizer)
     return model.to(device).eval(), tokenizer
 
@@ -77,6 +87,13 @@ def load_policy(
 def _looks_like_path(source: str) -> bool:
     # A hub id is "owner/name" with no leading "." or "/" and no OS separators beyond that one slash.
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+
+
+def _offline_hint() -> str:
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes", "on"):
+            return f"offline? {variable}={os.environ[variable]}"
+    return "offline? no network?"
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -154,3 +154,12 @@ def test_output_directory_of_something_else_is_never_touched(tmp_path, tiny):
         encode_to_directory(encoder, records[:1], out)
     summary = encode_to_directory(encoder, records[:1], out, overwrite=True)
     assert summary.computed == [0] and np.load(out / EMBEDDINGS).shape == (1, 64)
+
+
+def test_missing_model_directory_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", [{"text": TEXTS[0]}])
+    assert main(["in.jsonl", "out", "--model", "outputs/run", "--no-cache", "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("grace-encode: error: no local directory 'outputs/run', and it could not be loaded as a hub")
+    assert error.count("\n") == 1

@@ -45,3 +45,15 @@ def test_packaged_smollm2_converts_once_and_loads_as_plain_safetensors():
     assert getattr(model.config, "quantization_config", None) is None
     assert 134_000_000 < count_parameters(model) < 135_000_000
     assert tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("path", ["outputs/run", "models/mine", "my-model"])
+def test_missing_relative_path_that_looks_like_a_hub_id_says_both(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing by that name here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as raised:
+        load_policy(path)
+    message = str(raised.value)
+    assert message.startswith(f"no local directory {path!r}, and it could not be loaded as a hub id (offline? ")
+    assert "HF_HUB_OFFLINE=1" in message and "\n" not in message  # the hub's answer follows, on one line
+    assert isinstance(raised.value.__cause__, OSError)  # the original is kept for tracebacks

@@ -281,3 +281,12 @@ def test_build_never_replaces_a_directory_that_is_not_an_index(tmp_path, encoder
     with pytest.raises(ValueError, match="is not a GRACE index"):
         build_index(encoder, CORPUS[:2], tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_missing_model_directory_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("a document\n")
+    assert main(["build", "corpus.txt", "index", "--model", "models/mine", "--no-cache", "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("grace-index: error: no local directory 'models/mine', and it could not be loaded as a hub")
+    assert error.count("\n") == 1 and not (tmp_path / "index").exists()

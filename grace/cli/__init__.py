@@ -8,6 +8,7 @@ for training data.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -146,6 +147,17 @@ def with_overrides(config: EmbeddingConfig, rationale: bool | None, max_new_toke
     return config
 
 
+# What a command reports as one error line instead of a traceback: bad input or settings (ValueError,
+# DataError) and anything the file system or the hub says (OSError: missing paths, offline look-ups).
+USER_ERRORS = (ValueError, OSError)
+
+
+def report_error(program: str, error: BaseException) -> int:
+    """Print ``program: error: ...`` as one line on stderr (library messages may span several); return 1."""
+    print(f"{program}: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 1
+
+
 def model_source(source: str) -> str:
     """What to record so that a later command reloads the very same model: a local directory becomes the
     absolute path of the checkpoint it resolves to (a training run's newest one may change later)."""
@@ -154,6 +166,7 @@ def model_source(source: str) -> str:
 
 
 __all__ = [
+    "USER_ERRORS",
     "TextRecord",
     "add_input_arguments",
     "add_model_arguments",
@@ -161,5 +174,6 @@ __all__ = [
     "load_encoder",
     "model_source",
     "read_texts",
+    "report_error",
     "with_overrides",
 ]

@@ -28,12 +28,14 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from grace.cli import (
+    USER_ERRORS,
     TextRecord,
     add_input_arguments,
     add_model_arguments,
     add_setting_arguments,
     load_encoder,
     read_texts,
+    report_error,
     with_overrides,
 )
 from grace.encoder import ROLES, GraceEncoder
@@ -280,9 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoder = load_encoder(args)
         encoder.configs[args.role] = with_overrides(encoder.configs[args.role], args.rationale, args.max_new_tokens)
         summary = _run(encoder, records, args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"grace-encode: error: {error}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as error:
+        return report_error("grace-encode", error)
     if summary.already_complete:
         print(f"{args.output} is already complete ({summary.count} texts): nothing to do", file=sys.stderr)
     else:

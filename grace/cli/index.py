@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from grace.cli import (
+    USER_ERRORS,
     TextRecord,
     add_input_arguments,
     add_model_arguments,
@@ -26,6 +27,7 @@ from grace.cli import (
     load_encoder,
     model_source,
     read_texts,
+    report_error,
     with_overrides,
 )
 from grace.retrieval import (
@@ -83,9 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "build":
             return _build(args)
         return _search(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"grace-index: error: {error}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as error:
+        return report_error("grace-index", error)
 
 
 def _build(args: argparse.Namespace) -> int:
