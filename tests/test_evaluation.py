@@ -26,7 +26,7 @@ import grace.encoder
 from grace.embedding import EmbeddingConfig, embed
 from grace.encoder import GraceEncoder
 from grace.evaluation import cli
-from grace.evaluation.adapter import EmbeddingOptions, GraceMtebEncoder
+from grace.evaluation.adapter import EmbeddingOptions, GraceMtebEncoder, mteb_model_name
 from grace.evaluation.config import EvalSettings
 from grace.evaluation.report import ComparisonTable, EncoderResult
 from grace.evaluation.reference import PACKAGED_MINILM
@@ -103,7 +103,7 @@ def test_model_meta_is_measured_and_the_revision_tracks_weights_and_settings(tin
     assert meta.name == "grace/tiny-random"
     assert meta.embed_dim == 64 == encode(greedy, TEXTS[:1]).shape[1]
     assert meta.n_parameters == count_parameters(model)
-    assert meta.max_tokens == 1024 + 8 and meta.similarity_fn_name.value == "cosine"
+    assert meta.max_tokens == 1024 and meta.similarity_fn_name.value == "cosine"  # the input budget
 
     def revision(encoder: GraceEncoder = tiny_encoder, **options) -> str:
         return GraceMtebEncoder(encoder, EmbeddingOptions(**options)).mteb_model_meta.revision
@@ -122,6 +122,14 @@ def test_model_meta_is_measured_and_the_revision_tracks_weights_and_settings(tin
     assert revision(GraceEncoder(other_weights, tokenizer), rationale=True, max_new_tokens=8) != meta.revision
     named = GraceMtebEncoder(tiny_encoder, name="/runs/a b/checkpoints/step-3").mteb_model_meta.name
     assert named == "grace/runs-a-b-checkpoints-step-3"  # one folder level in mteb's cache
+    assert GraceMtebEncoder(tiny_encoder, name="grace/run-1").mteb_model_meta.name == "grace/run-1"  # no grace/grace-
+
+
+def test_long_names_are_bounded_and_stay_distinct() -> None:
+    long_a, long_b = "sweep/" + "reward=paper," * 30 + "seed=1", "sweep/" + "reward=paper," * 30 + "seed=2"
+    name_a, name_b = mteb_model_name(long_a), mteb_model_name(long_b)
+    assert len(name_a) <= 120 and name_a.startswith("grace/sweep-reward-paper")
+    assert name_a != name_b
 
 
 def test_invalid_options_fail_when_the_adapter_is_built(tiny_encoder) -> None:
@@ -193,7 +201,7 @@ def test_cli_evaluates_base_with_and_without_rationale_and_a_checkpoint_then_rer
 
 def test_before_after_takes_the_trained_encoder_in_memory(tiny, tmp_path, monkeypatch) -> None:
     model, tokenizer = tiny
-    trained = GraceEncoder(model, tokenizer, name="in-memory")
+    trained = GraceEncoder(model, tokenizer, name="in-memory", document=EmbeddingConfig(max_prompt_tokens=200))
     loads: list[str] = []
     original = GraceEncoder.from_pretrained
 
@@ -209,7 +217,30 @@ def test_before_after_takes_the_trained_encoder_in_memory(tiny, tmp_path, monkey
     assert [row.label for row in table.rows] == labels
     assert table.rows[2].model_name == "grace/in-memory"
     assert table.rows[2].scores[TASK] == table.rows[1].scores[TASK]  # same weights as the base here
-    assert (tmp_path / "results.md").is_file()
+    # The base rows embed exactly as the trained model does (here: its 200-token prompt budget).
+    assert [row.settings["document"]["max_prompt_tokens"] for row in table.rows] == [200, 200, 200]
+    assert (tmp_path / "results.md").is_file() and not any(row.from_cache for row in table.rows)
+
+    again = before_after(trained, tmp_path, base=TINY_RANDOM, tasks=[TASK], settings=settings)
+    assert all(row.from_cache for row in again.rows)  # mteb's result cache answered: nothing re-embedded
+    assert [row.scores for row in again.rows] == [row.scores for row in table.rows]
+    assert "| cached |" in again.to_markdown()
+
+
+def test_a_row_can_pool_over_the_input_alone(tiny_encoder, tmp_path) -> None:
+    specs = [
+        EncoderSpec(source=TINY_RANDOM, label="after system", rationale=False, encoder=tiny_encoder),
+        EncoderSpec(source=TINY_RANDOM, label="input only", rationale=False, pooling="input", encoder=tiny_encoder),
+    ]
+    settings = EvalSettings(cache_embeddings=False, show_progress=False, max_prompt_tokens=300)
+    rows = evaluate_encoders(specs, [TASK], tmp_path, settings).rows
+    assert [row.settings["document"]["pooling"] for row in rows] == ["after_system", "input"]
+    assert [row.settings["document"]["max_prompt_tokens"] for row in rows] == [300, 300]
+    input_only = encode(GraceMtebEncoder(tiny_encoder, EmbeddingOptions(rationale=False, pooling="input")), TEXTS)
+    expected = embed(tiny_encoder.model, tiny_encoder.tokenizer, TEXTS, EmbeddingConfig(rationale=False, pooling="input"))
+    assert np.allclose(input_only, expected.embeddings.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        EncoderSpec(pooling="mean")
 
 
 def compose_config(*overrides: str):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 NAME_PREFIX = "grace"  # mteb wants "organisation/model"; ours are all "grace/<encoder name>"
 _PACKAGED_LICENSE = {PACKAGED_SMOLLM2: "apache-2.0"}  # SmolLM2-135M-Instruct
+_CONFIG_FIELDS = tuple(f.name for f in fields(EmbeddingConfig))
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class EmbeddingOptions:
     seed: int | None = None  # used only when temperature > 0
     num_samples: int | None = None  # > 1: average the embeddings of several sampled rationales
     max_new_tokens: int | None = None  # the rationale length limit
+    max_prompt_tokens: int | None = None  # the prompt budget (system block + template + text)
+    pooling: str | None = None  # e.g. "input" for the plain mean over the text
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -77,6 +80,10 @@ class EmbeddingOptions:
             for name in ("temperature", "top_p", "seed", "num_samples", "max_new_tokens")
             if getattr(self, name) is not None
         }
+        prompt_overrides = {
+            name: getattr(self, name) for name in ("max_prompt_tokens", "pooling") if getattr(self, name) is not None
+        }
+        config = replace(config, **prompt_overrides)
         rationale = config.rationale if self.rationale is None else self.rationale
         if not rationale:
             # No rationale, no decoding (and no k identical "samples" to compute).
@@ -164,8 +171,7 @@ class GraceMtebEncoder(AbsEncoder):
                     role=role,
                     batch_size=self.options.batch_size,
                     progress=bar.update,
-                    rationale=config.rationale,
-                    decoding=config.decoding,
+                    **{name: getattr(config, name) for name in _CONFIG_FIELDS},  # exactly this role's settings
                 )
                 embeddings[start : start + len(result.embeddings)] = result.embeddings
                 truncated[start : start + len(result.truncated)] = result.truncated
@@ -186,10 +192,16 @@ def model_revision(encoder: GraceEncoder, configs: dict[str, EmbeddingConfig]) -
     return f"{encoder.fingerprint[:16]}-{settings_hash(configs)}"
 
 
+_MAX_NAME = 96  # mteb makes a folder of the name; sweep-job names can be long
+
+
 def mteb_model_name(name: str) -> str:
     """``grace/<name>`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced: mteb turns the
-    name into a folder, so a checkpoint path must not become nested folders."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "encoder"
+    name into a folder, so a checkpoint path must not become nested folders. A long name keeps its start
+    and gets a hash of the whole, so two long names stay distinct."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.removeprefix(f"{NAME_PREFIX}/")).strip("-.") or "encoder"
+    if len(slug) > _MAX_NAME:
+        slug = f"{slug[: _MAX_NAME - 9]}-{hashlib.sha256(slug.encode()).hexdigest()[:8]}"
     return f"{NAME_PREFIX}/{slug}"
 
 
@@ -208,9 +220,7 @@ def build_model_meta(
         languages=None,
         n_parameters=parameters,
         memory_usage_mb=round(parameters * bytes_per_parameter / 2**20, 1),
-        max_tokens=max(
-            c.max_prompt_tokens + (c.decoding.max_new_tokens if c.rationale else 0) for c in configs.values()
-        ),
+        max_tokens=max(c.max_prompt_tokens for c in configs.values()),  # input budget; rationales are extra
         embed_dim=encoder.embedding_dim,
         license=license,
         open_weights=True if license else None,

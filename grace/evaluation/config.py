@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from grace.models import PACKAGED_SMOLLM2
+from grace.pooling import check_pooling
 
 KINDS = ("grace", "sentence-transformers")
 OVERWRITE_STRATEGIES = ("only-missing", "always")
@@ -26,12 +27,17 @@ class ModelConfig:
     label: Optional[str] = None  # the row's name in the table; default: source, "+ rationale" when on
     kind: str = "grace"  # "grace" (a causal LM writing rationales) or "sentence-transformers" (reference)
     rationale: Optional[bool] = None  # None: the encoder's saved setting (on for a base model)
+    # None: the encoder's saved pooling ("after_system": template + text + rationale, as in training);
+    # "input" is the plain mean over the text, "last_token" the last state (grace.pooling).
+    pooling: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"model {self.source!r}: unknown kind {self.kind!r}, use one of {list(KINDS)}")
-        if self.kind != "grace" and self.rationale:
-            raise ValueError(f"model {self.source!r}: a {self.kind} model writes no rationale")
+        if self.kind != "grace" and (self.rationale or self.pooling):
+            raise ValueError(f"model {self.source!r}: a {self.kind} model has no rationale or pooling setting")
+        if self.pooling is not None:
+            check_pooling(self.pooling)
 
 
 @dataclass
@@ -39,11 +45,12 @@ class EvalSettings:
     """How every GRACE encoder of one evaluation embeds, and where results go.
 
     The decoding values override what a checkpoint saved (its training-time limits would take hours on a
-    CPU), so every row of a table is embedded the same way. Pooling, system prompt and prompt length
-    still come from the saved encoder.
+    CPU), so every row of a table is embedded the same way. System prompt, pooling and prompt length
+    come from the saved encoder unless ``max_prompt_tokens`` (here) or a row's ``pooling`` says otherwise.
     """
 
     max_new_tokens: int = 64  # rationale length limit
+    max_prompt_tokens: Optional[int] = None  # prompt budget for every row; None: each encoder's saved one
     temperature: float = 0.0  # 0 = greedy: an embedding is a deterministic function of the text
     top_p: float = 1.0
     seed: int = 0  # seeds sampled rationales per text (temperature > 0)

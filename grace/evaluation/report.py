@@ -31,6 +31,7 @@ class EncoderResult:
     texts_embedded: int = 0  # occurrences passed to encode, before de-duplication and caching
     truncation_rate: float | None = None  # share of those texts whose rationale hit max_new_tokens
     settings: dict[str, Any] = field(default_factory=dict)  # the embedding settings, both roles
+    from_cache: bool = False  # scores read from mteb's result cache: nothing was embedded or timed
 
     def mean(self, tasks: list[str]) -> float | None:
         """Mean main score over ``tasks``; ``None`` unless the row has them all (a partial mean misleads)."""
@@ -56,11 +57,12 @@ class ComparisonTable:
             cells += [_score(row.scores.get(task)) for task in self.tasks]
             cells += [_score(row.mean(self.tasks))]
             cells += ["-" if row.truncation_rate is None else f"{100 * row.truncation_rate:.0f}%"]
-            cells += [_duration(row.eval_seconds)]
+            cells += ["cached" if row.from_cache else _duration(row.eval_seconds)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append("Main score x100 per task; `mean` over all columns. `truncated`: share of embedded texts whose")
-        lines.append("rationale hit the length limit. Raw mteb results, per model name and revision:")
+        lines.append("rationale hit the length limit; `cached`: scores read back from mteb's result cache.")
+        lines.append("Raw mteb results, per model name and revision:")
         lines.extend(f"- {row.label}: `{row.model_name}` revision `{row.revision}`" for row in self.rows)
         settings = self.context.get("settings")
         if settings:

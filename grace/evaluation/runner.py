@@ -32,6 +32,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.results import ModelResult
 
 from grace.encoder import GraceEncoder
+from grace.embedding import EmbeddingConfig
 from grace.evaluation.adapter import EmbeddingOptions, GraceMtebEncoder, settings_hash
 from grace.evaluation.config import EvalSettings, ModelConfig
 from grace.evaluation.reference import load_sentence_transformer
@@ -51,14 +52,16 @@ QUICK_SETTINGS = EvalSettings(max_new_tokens=32, batch_size=16)
 
 @dataclass
 class EncoderSpec(ModelConfig):
-    """A ``ModelConfig`` that may carry an already loaded encoder (then ``source`` only names it)."""
+    """A ``ModelConfig`` that may carry an already loaded encoder (then ``source`` only names it), or the
+    embedding settings to use instead of the ones saved with ``source`` (``like``: another encoder's)."""
 
     encoder: GraceEncoder | None = field(default=None, repr=False, compare=False)
+    like: dict[str, EmbeddingConfig] | None = field(default=None, repr=False)  # role -> settings
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.encoder is not None and self.kind != "grace":
-            raise ValueError("EncoderSpec.encoder is a GraceEncoder: use it with kind='grace'")
+        if (self.encoder is not None or self.like is not None) and self.kind != "grace":
+            raise ValueError("EncoderSpec.encoder and .like are for GraceEncoders: use them with kind='grace'")
 
 
 def evaluate_encoders(
@@ -124,27 +127,41 @@ def before_after(
     """The main job's table: the base model without and with a rationale, then the trained model.
 
     ``trained``: a checkpoint or run directory, or the trained ``GraceEncoder`` itself (no reload). The
-    base rows are served from the embedding cache after their first run.
+    base rows embed with the trained model's saved settings (system prompt, pooling, prompt budget), so
+    the rows differ in their weights alone; they are served from the embedding cache after their first run.
     """
+    if not isinstance(trained, GraceEncoder):
+        trained = _load_grace(str(trained), settings)
+    like = dict(trained.configs)
     specs = [
-        EncoderSpec(source=base, label="base (no rationale)", rationale=False),
-        EncoderSpec(source=base, label="base + rationale", rationale=True),
-        EncoderSpec(source=str(trained), label="GRACE-trained + rationale", rationale=True)
-        if not isinstance(trained, GraceEncoder)
-        else EncoderSpec(source=trained.name, label="GRACE-trained + rationale", rationale=True, encoder=trained),
+        EncoderSpec(source=base, label="base (no rationale)", rationale=False, like=like),
+        EncoderSpec(source=base, label="base + rationale", rationale=True, like=like),
+        EncoderSpec(source=trained.name, label="GRACE-trained + rationale", rationale=True, encoder=trained),
     ]
     return evaluate_encoders(specs, tasks, output_dir, settings)
 
 
-def embedding_options(settings: EvalSettings, rationale: bool | None) -> EmbeddingOptions:
+def embedding_options(settings: EvalSettings, spec: ModelConfig) -> EmbeddingOptions:
     return EmbeddingOptions(
-        rationale=rationale,
+        rationale=spec.rationale,
+        pooling=spec.pooling,
         temperature=settings.temperature,
         top_p=settings.top_p,
         seed=settings.seed,
         num_samples=settings.num_samples,
         max_new_tokens=settings.max_new_tokens,
+        max_prompt_tokens=settings.max_prompt_tokens,
         batch_size=settings.batch_size,
+    )
+
+
+def _load_grace(source: str, settings: EvalSettings) -> GraceEncoder:
+    return GraceEncoder.from_pretrained(
+        source,
+        dtype=settings.dtype,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        cache=(settings.embedding_cache or True) if settings.cache_embeddings else False,
     )
 
 
@@ -169,15 +186,15 @@ class _LoadedModels:
         encoder = getattr(spec, "encoder", None)  # EncoderSpec: already loaded by the caller
         if encoder is None:
             if key not in self.grace:
-                self.grace[key] = GraceEncoder.from_pretrained(
-                    spec.source,
-                    dtype=settings.dtype,
-                    device=settings.device,
-                    batch_size=settings.batch_size,
-                    cache=(settings.embedding_cache or True) if settings.cache_embeddings else False,
-                )
+                self.grace[key] = _load_grace(spec.source, settings)
             encoder = self.grace[key]
-        return GraceMtebEncoder(encoder, embedding_options(settings, spec.rationale))
+        like = getattr(spec, "like", None)
+        if like is not None:  # the same weights, embedding as another encoder does
+            encoder = GraceEncoder(
+                encoder.model, encoder.tokenizer, document=like["document"], query=like["query"],
+                name=encoder.name, batch_size=encoder.batch_size, cache=encoder.cache,
+            )  # fmt: skip
+        return GraceMtebEncoder(encoder, embedding_options(settings, spec))
 
     def release(self, spec: ModelConfig) -> None:
         self.grace.pop(_load_key(spec), None)
@@ -206,6 +223,8 @@ def _row(label: str, encoder: AbsEncoder, result: ModelResult, load: float, elap
         eval_seconds=round(elapsed, 2),
         texts_embedded=sum(grace.stats.texts.values()) if grace else 0,
         truncation_rate=grace.stats.truncation_rate if grace and grace.rationale else None,
+        # mteb's result cache answered every task: encode was never called, so time and truncation say nothing.
+        from_cache=bool(grace) and sum(grace.stats.texts.values()) == 0,
         settings=(
             {"settings_hash": settings_hash(grace.configs), **{r: c.to_dict() for r, c in grace.configs.items()}}
             if grace
