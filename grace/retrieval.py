@@ -10,12 +10,13 @@ An index directory holds
   too large to scan. Embeddings are L2-normalised, so inner product = cosine similarity.
 * ``documents.jsonl``: row i of the faiss index is line i: the document's id, text, rationale and whether
   the rationale was cut at its length limit. The rationales are what makes a hit explainable.
-* ``manifest.json``: count, dimension, index parameters, the encoder (source, name, weight fingerprint)
-  and the document and query embedding settings.
+* ``manifest.json``: count, dimension, index parameters, the encoder (source, name, weight fingerprint,
+  dtype and device) and the document and query embedding settings.
 
 Vectors from different weights or settings are not comparable, and nothing in the numbers says so.
 The manifest makes a mismatch detectable: ``search`` embeds queries with the query settings recorded
-at build time and refuses an encoder of another dimension or other weights.
+at build time, loads the encoder in the recorded dtype (the fingerprint depends on it) and refuses an
+encoder of another dimension or other weights.
 """
 from __future__ import annotations
 
@@ -135,7 +136,9 @@ class IndexManifest:
     spec: IndexSpec
     encoder_source: str  # what ``GraceEncoder.from_pretrained`` reloads the encoder from
     encoder_name: str
-    fingerprint: str  # hash of the encoder's weights
+    fingerprint: str  # hash of the encoder's weights, as loaded: in ``dtype``
+    dtype: str  # "float32", "bfloat16", ...: search loads the encoder so, or its fingerprint differs
+    device: str  # where the corpus was embedded (provenance: search runs wherever it is told)
     document: EmbeddingConfig
     query: EmbeddingConfig
     corpus: dict[str, Any]  # provenance: where the documents were read from (free-form)
@@ -147,7 +150,13 @@ class IndexManifest:
             "dim": self.dim,
             "metric": "inner_product",
             "index": asdict(self.spec),
-            "encoder": {"source": self.encoder_source, "name": self.encoder_name, "fingerprint": self.fingerprint},
+            "encoder": {
+                "source": self.encoder_source,
+                "name": self.encoder_name,
+                "fingerprint": self.fingerprint,
+                "dtype": self.dtype,
+                "device": self.device,
+            },
             "document": self.document.to_dict(),
             "query": self.query.to_dict(),
             "corpus": self.corpus,
@@ -170,10 +179,20 @@ class IndexManifest:
             encoder_source=str(encoder["source"]),
             encoder_name=str(encoder["name"]),
             fingerprint=str(encoder["fingerprint"]),
+            # Indexes written before these were recorded: float32 was the default, the device is unknown.
+            dtype=str(encoder.get("dtype", "float32")),
+            device=str(encoder.get("device", "unknown")),
             document=EmbeddingConfig.from_dict(raw["document"]),
             query=EmbeddingConfig.from_dict(raw["query"]),
             corpus=dict(raw.get("corpus") or {}),
         )
+
+    @property
+    def built_by(self) -> str:
+        """``name (source)``, or just one of them when they are the same."""
+        if self.encoder_name == self.encoder_source:
+            return self.encoder_name
+        return f"{self.encoder_name} ({self.encoder_source})"
 
     def rebuild_hint(self, directory: Path) -> str:
         corpus = self.corpus.get("source", "CORPUS")
@@ -232,6 +251,8 @@ def build_index(
         encoder_source=source or encoder.name,
         encoder_name=encoder.name,
         fingerprint=encoder.fingerprint,
+        dtype=encoder.dtype,
+        device=encoder.device,
         document=encoder.config_for("document"),
         query=encoder.config_for("query"),
         corpus=corpus or {},
@@ -330,12 +351,29 @@ class RetrievalIndex:
     def dim(self) -> int:
         return self.manifest.dim
 
-    def load_encoder(self, source: str | None = None, **kwargs: Any) -> GraceEncoder:
-        """The encoder that built the index (or ``source``), with the index's document and query settings."""
-        encoder = GraceEncoder.from_pretrained(
-            source or self.manifest.encoder_source, document=self.manifest.document, query=self.manifest.query, **kwargs
-        )
-        self.check_encoder(encoder)
+    def load_encoder(
+        self, source: str | None = None, *, dtype: str | None = None, same_weights: bool = True, **kwargs: Any
+    ) -> GraceEncoder:
+        """The encoder that built the index (or ``source``), with the index's document and query settings,
+        in the index's dtype unless ``dtype`` is given. ``kwargs``: the rest of ``from_pretrained``'s options."""
+        recorded = source is None
+        source = self.manifest.encoder_source if recorded else source
+        try:
+            encoder = GraceEncoder.from_pretrained(
+                source,
+                dtype=dtype or self.manifest.dtype,
+                document=self.manifest.document,
+                query=self.manifest.query,
+                **kwargs,
+            )
+        except FileNotFoundError as error:
+            if not recorded:
+                raise
+            raise FileNotFoundError(
+                f"{error}. The index {self.directory} records its encoder as {source!r}; if the encoder has moved, "
+                f"give its new location with --model (source= in Python): its weights are checked against the index"
+            ) from error
+        self.check_encoder(encoder, same_weights=same_weights)
         return encoder
 
     def check_encoder(self, encoder: GraceEncoder, *, same_weights: bool = True) -> None:
@@ -344,7 +382,7 @@ class RetrievalIndex:
         A dimension mismatch can never work. Other weights of the same size give numbers that look fine
         and mean nothing, so they are refused too unless ``same_weights=False``.
         """
-        built_by = f"{self.manifest.encoder_name} ({self.manifest.encoder_source})"
+        built_by = self.manifest.built_by
         if encoder.embedding_dim != self.dim:
             raise EncoderMismatchError(
                 f"dimension mismatch: the index {self.directory} holds {self.dim}-dimensional embeddings made by "
@@ -352,6 +390,14 @@ class RetrievalIndex:
                 f"the encoder that built the index (leave out --model), or rebuild the index with this encoder"
             )
         if same_weights and encoder.fingerprint != self.manifest.fingerprint:
+            dtype = self.manifest.dtype
+            if encoder.dtype != dtype:
+                raise EncoderMismatchError(
+                    f"the index {self.directory} was built by {built_by} in {dtype} (weights "
+                    f"{self.manifest.fingerprint}), but encoder {encoder.name} runs in {encoder.dtype} (weights "
+                    f"{encoder.fingerprint}), and a weights fingerprint depends on the dtype: search with "
+                    f"--dtype {dtype} (dtype={dtype!r} in Python), or leave --dtype out to use the index's"
+                )
             raise EncoderMismatchError(
                 f"the index {self.directory} was built by {built_by} (weights {self.manifest.fingerprint}), "
                 f"encoder {encoder.name} has other weights ({encoder.fingerprint}): their embeddings are not "
@@ -402,11 +448,11 @@ def _read_documents(path: Path, count: int, rebuild: str) -> list[Document]:
     if not path.is_file():
         raise InvalidIndexError(f"{path.parent} is missing {path.name}: {rebuild}")
     documents: list[Document] = []
-    with open(path, encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
+    with open(path, "rb") as handle:  # bytes, decoded per line: a bad byte is reported with its line
+        for line, raw in enumerate(handle, start=1):
             try:
-                documents.append(Document(**json.loads(text)))
-            except (json.JSONDecodeError, TypeError) as error:
+                documents.append(Document(**json.loads(raw.decode("utf-8"))))
+            except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
                 raise InvalidIndexError(f"{path}, line {line} is corrupt ({_describe(error)}): {rebuild}") from None
     if len(documents) != count:
         raise InvalidIndexError(f"{path} lists {len(documents)} documents, the index holds {count}: {rebuild}")

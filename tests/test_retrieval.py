@@ -20,7 +20,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grace.cli.index import main
+from grace.cli.index import format_result, main
 from grace.data.packaged import lee_background_documents
 from grace.embedding import Decoding, EmbeddingConfig
 from grace.encoder import GraceEncoder
@@ -30,10 +30,13 @@ from grace.retrieval import (
     DOCUMENTS_FILE,
     INDEX_FILE,
     MANIFEST_FILE,
+    Document,
     EncoderMismatchError,
+    Hit,
     IndexSpec,
     InvalidIndexError,
     RetrievalIndex,
+    SearchResult,
     build_index,
 )
 
@@ -74,7 +77,8 @@ def test_cli_build_then_search_on_a_packaged_corpus(tmp_path, capsys):
 
     assert main(["search", str(index_dir), query, "-k", "2", "--cache-file", str(cache), "--show-doc-rationales"]) == 0
     shown = capsys.readouterr().out
-    assert shown.startswith(f"query: {query[:40]}") and "query rationale" in shown
+    assert shown.startswith(f"query: {query[:40]}")
+    assert ("query rationale" in shown) == bool(result["rationale"].strip())  # the random model may write blanks
     assert len([line for line in shown.splitlines() if line.lstrip().startswith(("1  ", "2  "))]) == 2
 
 
@@ -208,6 +212,8 @@ def damaged_copy(small_index: Path, tmp_path: Path) -> Path:
         (lambda d: (d / DOCUMENTS_FILE).write_text("".join((d / DOCUMENTS_FILE).read_text().splitlines(True)[:-1])),
          r"documents\.jsonl lists 59 documents, the index holds 60"),
         (lambda d: (d / DOCUMENTS_FILE).write_text("{oops\n"), r"documents\.jsonl, line 1 is corrupt"),
+        (lambda d: (d / DOCUMENTS_FILE).write_bytes((d / DOCUMENTS_FILE).read_bytes().splitlines(True)[0] + b"\xff\n"),
+         r"documents\.jsonl, line 2 is corrupt \('utf-8' codec can't decode byte 0xff"),
     ],
 )
 def test_corrupt_index_says_what_is_wrong_and_how_to_fix_it(tmp_path, small_index, damage, message):
@@ -246,6 +252,7 @@ def test_encoder_of_another_dimension_is_refused(tmp_path, small_index, tiny, ca
     assert main(["search", str(small_index), "a query", "--model", str(tmp_path / "narrow"), "--no-cache"]) == 1
     error = capsys.readouterr().err
     assert "dimension mismatch" in error and "rebuild the index with this encoder" in error
+    assert "made by tiny-random, but" in error  # name and source are the same: said once
 
 
 def test_encoder_with_other_weights_is_refused_unless_allowed(small_index, tiny):
@@ -290,3 +297,45 @@ def test_missing_model_directory_is_one_line_not_a_traceback(tmp_path, monkeypat
     error = capsys.readouterr().err
     assert error.startswith("grace-index: error: no local directory 'models/mine', and it could not be loaded as a hub")
     assert error.count("\n") == 1 and not (tmp_path / "index").exists()
+
+
+# ---------------------------------------------------------------------- what search reloads
+
+
+def test_index_built_in_bfloat16_is_searched_in_bfloat16(tmp_path, capsys):
+    corpus, index_dir = tmp_path / "corpus.txt", tmp_path / "bf16"
+    corpus.write_text("\n".join(CORPUS[:6]) + "\n")
+    assert main(["build", str(corpus), str(index_dir), "--model", TINY_RANDOM, "--dtype", "bfloat16",
+                 "--no-rationale", "--no-query-rationale", "--no-cache", "--quiet"]) == 0, capsys.readouterr().err
+    encoder = json.loads((index_dir / MANIFEST_FILE).read_text())["encoder"]
+    assert (encoder["dtype"], encoder["device"]) == ("bfloat16", "cpu")
+
+    assert main(["search", str(index_dir), CORPUS[2], "-k", "1", "--no-cache", "--json"]) == 0, capsys.readouterr().err
+    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    assert hit["id"] == "3" and hit["score"] == pytest.approx(1.0, abs=1e-3)  # line 3 finds itself
+
+    assert main(["search", str(index_dir), CORPUS[2], "--dtype", "float32", "--no-cache"]) == 1
+    error = capsys.readouterr().err
+    assert "was built by tiny-random in bfloat16" in error and "runs in float32" in error
+    assert "search with --dtype bfloat16" in error
+
+
+def test_search_after_the_encoder_moved_suggests_model(tmp_path, tiny, capsys):
+    GraceEncoder(*tiny, document=NO_RATIONALE, query=NO_RATIONALE).save(tmp_path / "encoder")
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS[:3]) + "\n")
+    assert main(["build", str(tmp_path / "corpus.txt"), str(tmp_path / "index"), "--model", str(tmp_path / "encoder"),
+                 "--no-cache", "--quiet"]) == 0
+    (tmp_path / "encoder").rename(tmp_path / "moved")
+
+    assert main(["search", str(tmp_path / "index"), "a query", "--no-cache"]) == 1
+    error = capsys.readouterr().err
+    assert f"records its encoder as '{tmp_path / 'encoder'}'" in error
+    assert "if the encoder has moved, give its new location with --model" in error
+    assert main(["search", str(tmp_path / "index"), "a query", "--model", str(tmp_path / "moved"), "--no-cache"]) == 0
+
+
+def test_a_blank_query_rationale_gets_no_header():
+    hits = [Hit(1, 0.5, Document("d1", "a document", "", False))]
+    assert "query rationale" not in format_result(SearchResult("a query", " \n ", False, hits))
+    shown = format_result(SearchResult("a query", "because", True, hits))
+    assert "query rationale (cut at the length limit):\n    because\n" in shown

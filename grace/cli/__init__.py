@@ -92,7 +92,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """``--model``, hardware and cache options, identical for every command that loads an encoder."""
+    """``--model``, hardware and cache options, identical for every command that loads an encoder.
+
+    ``required=False``: a command over an index, whose manifest names the encoder and its dtype (the
+    defaults then, so an index built in bfloat16 is searched in bfloat16 without being told).
+    """
     parser.add_argument(
         "--model",
         required=required,
@@ -101,7 +105,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     )
     parser.add_argument("--batch-size", type=int, default=16, help="texts per generation batch (default 16)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--dtype",
+        default="float32" if required else None,
+        choices=("float32", "bfloat16", "float16"),
+        help="weights dtype (default: " + ("float32)" if required else "the dtype recorded in the index)"),
+    )
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument(
         "--cache-file",
@@ -127,13 +136,16 @@ def add_setting_arguments(parser: argparse.ArgumentParser, prefix: str = "", wha
     )
 
 
-def load_encoder(args: argparse.Namespace) -> GraceEncoder:
+def encoder_options(args: argparse.Namespace) -> dict:
+    """``GraceEncoder.from_pretrained`` keyword arguments from ``add_model_arguments``'s options."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     cache: bool | Path = False if args.no_cache else (args.cache_file or True)
-    return GraceEncoder.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size, cache=cache
-    )
+    return {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "cache": cache}
+
+
+def load_encoder(args: argparse.Namespace) -> GraceEncoder:
+    return GraceEncoder.from_pretrained(args.model, **encoder_options(args))
 
 
 def with_overrides(config: EmbeddingConfig, rationale: bool | None, max_new_tokens: int | None) -> EmbeddingConfig:
@@ -171,6 +183,7 @@ __all__ = [
     "add_input_arguments",
     "add_model_arguments",
     "add_setting_arguments",
+    "encoder_options",
     "load_encoder",
     "model_source",
     "read_texts",

@@ -4,9 +4,9 @@
     grace-index search my-index "how do plants make food?" -k 5
 
 ``build`` embeds the corpus with the encoder's document settings and writes an index directory (see
-``grace.retrieval``). ``search`` reloads the encoder recorded in that directory, embeds the queries with
-the query settings recorded there, and prints the top-k documents with their scores and the query's
-rationale: why the query landed where it did.
+``grace.retrieval``). ``search`` reloads the encoder recorded in that directory (in the recorded dtype),
+embeds the queries with the query settings recorded there, and prints the top-k documents with their
+scores and the query's rationale: why the query landed where it did.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from grace.cli import (
     add_input_arguments,
     add_model_arguments,
     add_setting_arguments,
+    encoder_options,
     load_encoder,
     model_source,
     read_texts,
@@ -135,10 +136,10 @@ def _search(args: argparse.Namespace) -> int:
         spec = index.manifest.spec
         tuned = replace(spec, nprobe=args.nprobe or spec.nprobe, ef_search=args.ef_search or spec.ef_search)
         tuned.apply_search_parameters(index.index)
-    if args.model is None:
-        args.model = index.manifest.encoder_source
-    encoder = load_encoder(args)  # queries are embedded with the settings recorded in the index
-    results = index.search(encoder, args.queries, k=args.k, same_weights=not args.allow_other_weights)
+    # The encoder, dtype and query settings recorded in the index, unless --model / --dtype say otherwise.
+    same_weights = not args.allow_other_weights
+    encoder = index.load_encoder(args.model, same_weights=same_weights, **encoder_options(args))
+    results = index.search(encoder, args.queries, k=args.k, same_weights=same_weights)
     for result in results:
         if args.json:
             print(json.dumps(_as_json(result), ensure_ascii=False))
@@ -150,7 +151,7 @@ def _search(args: argparse.Namespace) -> int:
 def format_result(result: SearchResult, *, show_doc_rationales: bool = False, width: int = 100) -> str:
     """A block a person reads: the query, its rationale, then one line per hit (rank, score, id, text)."""
     lines = [f"query: {result.query}"]
-    if result.rationale:
+    if result.rationale.strip():  # a blank rationale would print a header over nothing
         lines.append("query rationale" + (" (cut at the length limit)" if result.truncated else "") + ":")
         lines.append(textwrap.indent(result.rationale.strip(), "    "))
     for hit in result.hits:
