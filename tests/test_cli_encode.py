@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import grace.cli.encode as encode_module
 from grace.cli import read_texts
 from grace.cli.encode import CHUNKS, EMBEDDINGS, MANIFEST, RATIONALES, encode_to_directory, main
 from grace.data.errors import DataError
@@ -163,3 +164,49 @@ def test_missing_model_directory_is_one_line_not_a_traceback(tmp_path, monkeypat
     error = capsys.readouterr().err
     assert error.startswith("grace-encode: error: no local directory 'outputs/run', and it could not be loaded as a hub")
     assert error.count("\n") == 1
+
+
+def test_chunks_left_by_a_run_killed_after_completing_are_removed_by_the_next(tmp_path, tiny, monkeypatch):
+    records = read_texts(str(write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS[:3]])))
+    encoder, out = GraceEncoder(*tiny, document=SHORT), tmp_path / "out"
+    rmtree = encode_module.shutil.rmtree
+    def killed_before_removing_chunks(path, *args, **kwargs):
+        if Path(path) != out / CHUNKS:
+            rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(encode_module.shutil, "rmtree", killed_before_removing_chunks)
+    encode_to_directory(encoder, records, out, chunk_size=2)
+    monkeypatch.undo()
+    assert json.loads((out / MANIFEST).read_text())["complete"] and (out / CHUNKS).is_dir()
+
+    summary = encode_to_directory(encoder, records, out, chunk_size=2)
+    assert summary.already_complete
+    assert sorted(p.name for p in out.iterdir()) == [EMBEDDINGS, MANIFEST, RATIONALES]
+
+
+def test_directory_with_only_a_stale_manifest_temporary_counts_as_empty(tmp_path, tiny):
+    records = read_texts(str(write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS[:2]])))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".{MANIFEST}.x1y2z3.tmp").write_text('{"format_vers')  # killed during the first manifest write
+    summary = encode_to_directory(GraceEncoder(*tiny, document=SHORT), records, out)
+    assert summary.computed == [0]
+    assert sorted(p.name for p in out.iterdir()) == [EMBEDDINGS, MANIFEST, RATIONALES]
+
+
+def test_cli_encodes_a_parquet_column_end_to_end(tmp_path, capsys):
+    texts = TEXTS[:4]
+    pq.write_table(pa.table({"doc_id": [7, 8, 9, 10], "body": texts, "other": ["x"] * 4}), tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    arguments = [str(tmp_path / "in.parquet"), str(out), "--model", TINY_RANDOM, "--column", "body",
+                 "--id-field", "doc_id", "--max-new-tokens", "3", "--chunk-size", "3", "--no-cache", "--quiet"]
+    assert main(arguments) == 0, capsys.readouterr().err
+    assert "wrote 4 embeddings of dimension 64" in capsys.readouterr().err
+
+    expected = GraceEncoder.from_pretrained(TINY_RANDOM, document=SHORT).encode_with_rationales(texts)
+    np.testing.assert_allclose(np.load(out / EMBEDDINGS), expected.embeddings, atol=1e-5)
+    lines = [json.loads(line) for line in (out / RATIONALES).read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["7", "8", "9", "10"]  # integer ids from the column, as strings
+    assert [line["rationale"] for line in lines] == expected.rationales
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["input"]["field"] == "body" and manifest["count"] == 4 and manifest["complete"]

@@ -82,14 +82,16 @@ def encode_to_directory(
     output = Path(output)
     job = _job(encoder, records, role, chunk_size)
     summary = EncodeSummary(output, len(records), job["dim"])
+    chunks = output / CHUNKS
     if _prepare(output, job, overwrite, provenance or {}):
+        # A run killed after marking itself complete but before removing its chunks left them behind.
+        shutil.rmtree(chunks, ignore_errors=True)
+        _remove_temporaries(output)
         summary.already_complete = True
         return summary
 
-    chunks = output / CHUNKS
     chunks.mkdir(exist_ok=True)
-    for stale in [*chunks.glob(".*.tmp"), *output.glob(".*.tmp")]:  # left by a run killed while writing
-        stale.unlink()
+    _remove_temporaries(output)
     for number, start in enumerate(range(0, len(records), chunk_size)):
         chunk = records[start : start + chunk_size]
         if _chunk_done(chunks, number, len(chunk), job["dim"]):
@@ -145,11 +147,25 @@ def _prepare(output: Path, job: dict, overwrite: bool, provenance: dict) -> bool
         shutil.rmtree(output / CHUNKS, ignore_errors=True)
         for name in (EMBEDDINGS, RATIONALES, MANIFEST):
             (output / name).unlink(missing_ok=True)
-    elif output.exists() and (not output.is_dir() or any(output.iterdir())):
+    elif output.exists() and not _is_empty_output(output):
         raise ValueError(f"{output} exists and is not a grace-encode output directory: choose a new or empty directory")
     output.mkdir(parents=True, exist_ok=True)
     _write_json(manifest_path, {**job, "input": provenance, "complete": False})
     return False
+
+
+def _is_empty_output(output: Path) -> bool:
+    """A directory with nothing of the user's in it: empty, or holding only the temporary manifest of a run
+    killed during its first manifest write (``_atomic`` names it ``.manifest.json.<random>.tmp``)."""
+    if not output.is_dir():
+        return False
+    return all(p.name.startswith(f".{MANIFEST}.") and p.name.endswith(".tmp") for p in output.iterdir())
+
+
+def _remove_temporaries(output: Path) -> None:
+    """Temporary files of runs killed while writing; never mistaken for results (see ``_atomic``)."""
+    for stale in [*(output / CHUNKS).glob(".*.tmp"), *output.glob(".*.tmp")]:
+        stale.unlink()
 
 
 def _chunk_paths(chunks: Path, number: int) -> tuple[Path, Path]:
