@@ -8,22 +8,19 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import faiss
 import mteb
 import numpy as np
 import pytest
 import pytrec_eval
-from mteb.models import ModelMeta
-from mteb.models.abs_encoder import AbsEncoder
-from mteb.types import PromptType
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from grace.cli.index import format_result, main
 from grace.data.packaged import lee_background_documents
 from grace.embedding import Decoding, EmbeddingConfig
 from grace.encoder import GraceEncoder
+from grace.evaluation.adapter import GraceMtebEncoder
 from grace.evaluation.tasks import GraceChatterbotRetrieval, chatterbot_retrieval_data
 from grace.models import TINY_RANDOM, load_policy
 from grace.retrieval import (
@@ -149,24 +146,6 @@ def test_cli_builds_an_approximate_index(tmp_path, capsys):
 # ---------------------------------------------------------------------- agreement with mteb
 
 
-class GraceMtebAdapter(AbsEncoder):
-    """The least mteb needs: query inputs embedded with query settings, documents with document settings."""
-
-    def __init__(self, encoder: GraceEncoder):
-        self.encoder = encoder
-        self.mteb_model_meta = ModelMeta(
-            loader=None, name="grace-tests/tiny-random", revision="1", release_date=None, languages=["eng-Latn"],
-            n_parameters=0, memory_usage_mb=None, max_tokens=None, embed_dim=encoder.embedding_dim,
-            license="apache-2.0", open_weights=True, public_training_code=None, public_training_data=None,
-            framework=["PyTorch"], similarity_fn_name="cosine", use_instructions=False, training_datasets=set(),
-        )
-
-    def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
-               prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
-        texts = [text for batch in inputs for text in batch["text"]]
-        return self.encoder.encode(texts, role="query" if prompt_type == PromptType.query else "document")
-
-
 def test_faiss_retrieval_scores_match_mteb_exact_search_on_chatterbot(tmp_path, tiny):
     data = chatterbot_retrieval_data()
     encoder = GraceEncoder(*tiny, document=NO_RATIONALE, query=SHORT_RATIONALE)
@@ -181,10 +160,12 @@ def test_faiss_retrieval_scores_match_mteb_exact_search_on_chatterbot(tmp_path, 
         for k in ((1, 5, 10) if name == "ndcg" else (10,))
     }
 
-    adapter = GraceMtebAdapter(GraceEncoder(*tiny, document=NO_RATIONALE, query=SHORT_RATIONALE))
+    # The evaluation's own adapter, so its query/document role mapping is what is checked against faiss.
+    adapter = GraceMtebEncoder(GraceEncoder(*tiny, document=NO_RATIONALE, query=SHORT_RATIONALE, name=TINY_RANDOM))
     evaluated = mteb.evaluate(adapter, [GraceChatterbotRetrieval()], cache=None, co2_tracker=False,
                               encode_kwargs={"batch_size": 16, "show_progress_bar": False}, show_progress_bar=False)
     assert not evaluated.exceptions
+    assert adapter.stats.texts == {"document": len(data.corpus), "query": len(data.queries)}  # roles as mapped
     theirs = evaluated.task_results[0].scores["test"][0]
     assert ours["ndcg_at_10"] > 0  # a real ranking, not an empty run
     for metric, value in ours.items():
