@@ -2,10 +2,10 @@
 
 Key = hash(EMBED_VERSION, weights fingerprint, tokenizer fingerprint, canonical embedding config, text).
 The config is canonicalised first (``canonical_config``), so settings that cannot change an embedding
-never split the cache. mteb's STS tasks repeat the same
-documents many times and a rebuilt index re-embeds the same corpus: with the cache a repeated text or
-a re-run costs a lookup, not a generation. SQLite (standard library) gives atomic writes and safe
-concurrent readers, so a killed run never leaves a half-written entry and sweep jobs can share it.
+never split the cache. mteb's STS tasks repeat the same documents many times and a rebuilt index
+re-embeds the same corpus: with the cache a repeated text or a re-run costs a lookup, not a generation.
+SQLite (standard library) gives atomic writes and safe concurrent readers, so a killed run never leaves
+a half-written entry and sweep jobs can share it.
 """
 from __future__ import annotations
 

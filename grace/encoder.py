@@ -382,7 +382,7 @@ def staged_directory(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; models and indexes are shared
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; models and indexes are shared
         yield staging
         if not target.exists():
             os.replace(staging, target)
@@ -415,8 +415,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(error, f"cannot swap {a} into place: {os.strerror(error)}", str(b))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)
     return mask
 

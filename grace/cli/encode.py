@@ -38,7 +38,7 @@ from grace.cli import (
     report_error,
     with_overrides,
 )
-from grace.encoder import ROLES, GraceEncoder
+from grace.encoder import ROLES, GraceEncoder, current_umask
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -243,7 +243,7 @@ def _atomic(path: Path) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     temporary = Path(name)
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; the result should not be
+    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it private; the result should not be
     try:
         yield temporary
         with open(temporary, "rb+") as synced:
@@ -251,12 +251,6 @@ def _atomic(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_json(path: Path, value: dict) -> None:
