@@ -36,7 +36,8 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 from tqdm.auto import tqdm
 
-from grace.embedding import Decoding, EmbeddingConfig
+from grace.cache import EMBED_VERSION, canonical_config
+from grace.embedding import EmbeddingConfig
 from grace.encoder import ROLES, GraceEncoder
 from grace.models import PACKAGED_SMOLLM2
 
@@ -85,13 +86,10 @@ class EmbeddingOptions:
         }
         config = replace(config, **prompt_overrides)
         rationale = config.rationale if self.rationale is None else self.rationale
-        if not rationale:
-            # No rationale, no decoding (and no k identical "samples" to compute).
-            return replace(config, rationale=False, decoding=Decoding())
+        if not rationale:  # decoding overrides are moot (and need not validate against the saved decoding)
+            return canonical_config(replace(config, rationale=False))
         decoding = replace(config.decoding, **decoding_overrides)
-        if decoding.temperature == 0:
-            decoding = replace(decoding, seed=Decoding.seed, top_p=Decoding.top_p)
-        return replace(config, rationale=True, decoding=decoding)
+        return canonical_config(replace(config, rationale=True, decoding=decoding))
 
 
 @dataclass
@@ -181,15 +179,17 @@ class GraceMtebEncoder(AbsEncoder):
         return embeddings[rows]
 
 
-def settings_hash(configs: dict[str, EmbeddingConfig]) -> str:
-    """A short stable hash of every embedding setting of both roles."""
-    settings = json.dumps({role: configs[role].to_dict() for role in ROLES}, sort_keys=True)
-    return hashlib.sha256(settings.encode()).hexdigest()[:10]
+def settings_hash(configs: dict[str, EmbeddingConfig], tokenizer_fingerprint: str = "") -> str:
+    """A short stable hash of every embedding setting of both roles, the tokenizer and the embed code."""
+    settings = {role: configs[role].to_dict() for role in ROLES}
+    key = json.dumps({"embed_version": EMBED_VERSION, "tokenizer": tokenizer_fingerprint, **settings}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 def model_revision(encoder: GraceEncoder, configs: dict[str, EmbeddingConfig]) -> str:
-    """``<weights fingerprint>-<settings hash>``: mteb's result folder for exactly this model and setting."""
-    return f"{encoder.fingerprint[:16]}-{settings_hash(configs)}"
+    """``<weights fingerprint>-<settings hash>``: mteb's result folder for exactly this model and setting,
+    so a changed template or embed path can never be served stale scores from mteb's result cache."""
+    return f"{encoder.fingerprint[:16]}-{settings_hash(configs, encoder.tokenizer_fingerprint)}"
 
 
 _MAX_NAME = 96  # mteb makes a folder of the name; sweep-job names can be long

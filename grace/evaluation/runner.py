@@ -225,9 +225,11 @@ def _row(label: str, encoder: AbsEncoder, result: ModelResult, load: float, elap
         truncation_rate=grace.stats.truncation_rate if grace and grace.rationale else None,
         # mteb's result cache answered every task: encode was never called, so time and truncation say nothing.
         from_cache=bool(grace) and sum(grace.stats.texts.values()) == 0,
-        settings=(
-            {"settings_hash": settings_hash(grace.configs), **{r: c.to_dict() for r, c in grace.configs.items()}}
-            if grace
-            else {}
-        ),
+        settings=_settings_record(grace) if grace else {},
     )
+
+
+def _settings_record(grace: GraceMtebEncoder) -> dict:
+    """What results.json keeps of a row's embedding settings: both roles and their hash."""
+    configs = grace.configs
+    return {"settings_hash": settings_hash(configs, grace.encoder.tokenizer_fingerprint), **{r: c.to_dict() for r, c in configs.items()}}
