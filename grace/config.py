@@ -260,6 +260,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("algorithm.ppo_epochs must be at least 1")
     if t.resume not in ("none", "auto") and not Path(t.resume).is_dir():
         raise ConfigError(f"trainer.resume={t.resume!r}: no such checkpoint directory (or use 'auto' / 'none')")
+    if cfg.model.source.startswith(("/", ".", "~")) and not Path(cfg.model.source).expanduser().is_dir():
+        raise ConfigError(f"model.source={cfg.model.source!r}: no such model directory (or use a hub id or a model=... preset)")
+    if cfg.data.limit is not None and cfg.data.limit < t.batch_size:
+        raise ConfigError(f"data.limit={cfg.data.limit} is below trainer.batch_size={t.batch_size}: one step needs that many examples")
 
     train_file = resolve_train_file(cfg)
     try:

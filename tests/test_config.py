@@ -40,6 +40,9 @@ def test_every_shipped_config_composes_and_validates(override):
         (["reward=paper", "rollout.query.max_new_tokens=-1"], r"rollout.query.max_new_tokens=-1: it must be >= 0"),
         (["rollout.query.temperature=0"], "rollout.query.temperature=0 decodes greedily, so the k=2 rationales.*zero advantage.*temperature > 0"),
         (["algorithm=rloo", "rollout.negative.temperature=0", "rollout.num_samples=3"], "rollout.negative.temperature=0.*k=3.*algorithm=rloo"),
+        # model and data size
+        (["model.source=/nowhere/model"], "model.source='/nowhere/model': no such model directory"),
+        (["data.limit=1"], "data.limit=1 is below trainer.batch_size=2"),
         # reward and schedule
         (["trainer.batch_size=1"], "reward=contrastive needs trainer.batch_size >= 2.*InfoNCE"),
         (["trainer.warmup_steps=3"], "trainer.warmup_steps=3 has no effect with trainer.schedule=constant: use trainer.schedule=warmup_constant"),
