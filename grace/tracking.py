@@ -24,6 +24,15 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def wandb_run_id(output_dir: Path, resumed_step: int) -> str:
+    """A run resumed from a checkpoint continues its wandb run; a run that starts at step 0 gets a new one,
+    so it never appends a second step 1 to the history of an earlier attempt in the same directory."""
+    id_file = output_dir / WANDB_ID_FILE
+    if resumed_step > 0 and id_file.is_file():
+        return id_file.read_text().strip()
+    return uuid.uuid4().hex[:12]
+
+
 class RunLogger:
     def __init__(
         self,
@@ -46,15 +55,13 @@ class RunLogger:
             truncate_jsonl(path, resumed_step)
         self.run = None
         if backend == "wandb":
-            self.run = self._start_wandb(config, project, entity, mode, name, group, tags or [])
+            run_id = wandb_run_id(output_dir, resumed_step)
+            (output_dir / WANDB_ID_FILE).write_text(run_id)
+            self.run = self._start_wandb(run_id, config, project, entity, mode, name, group, tags or [])
 
-    def _start_wandb(self, config, project, entity, mode, name, group, tags):
+    def _start_wandb(self, run_id, config, project, entity, mode, name, group, tags):
         import wandb
 
-        # One wandb run per output directory: a resumed training run continues its wandb run.
-        id_file = self.output_dir / WANDB_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
         return wandb.init(
             project=project,
             entity=entity,

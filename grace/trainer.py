@@ -20,19 +20,29 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from grace.advantages import compute_advantages
-from grace.checkpoint import latest_checkpoint, load_trainer_state, restore_rng_state, rng_state, save_checkpoint
-from grace.config import TrainConfig, resolve_train_file, role_max_new_tokens, role_samples, validate
-from grace.data import Sentence, Triplet, load_examples
+from grace.checkpoint import (
+    checkpoint_root,
+    complete_checkpoints,
+    encoder_name,
+    latest_checkpoint,
+    load_trainer_state,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from grace.config import ConfigError, TrainConfig, resolve_train_file, role_max_new_tokens, role_samples, validate
+from grace.data import DataError, DataIssue, Sentence, Triplet, load_examples
 from grace.data.stream import ExampleStream
 from grace.embedding import Decoding, EmbeddingConfig
 from grace.loss import policy_logprobs, ppo_loss
-from grace.models import load_policy
+from grace.models import PACKAGED_SMOLLM2, TINY_RANDOM, load_policy, packaged_smollm2_dir, packaged_tokenizer
 from grace.prompts import PromptTemplate
 from grace.rewards import compute_rewards, within_group_std
 from grace.rollout import Role, RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
-from grace.tracking import RunLogger
+from grace.tracking import METRICS_FILE, RunLogger
 
 
 @dataclass
@@ -43,27 +53,21 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = None, run_group: str | None = None) -> TrainResult:
+    # Settings, output directory and data are all checked before the weights load (minutes for a large
+    # backbone, wasted if line 9000 of the data is bad).
     validate(cfg)
     output_dir = Path(output_dir)
+    check_output_dir(cfg, output_dir)
+    resume_from = find_resume_checkpoint(cfg, output_dir)
+    policy_source = str(resume_from or cfg.model.source)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     device = resolve_device(cfg.model.device)
-    resume_from = find_resume_checkpoint(cfg, output_dir)
     torch.manual_seed(cfg.seed)
 
-    # Policy (from the checkpoint when resuming), and a frozen reference only if KL is actually used.
-    model, tokenizer = load_policy(
-        str(resume_from or cfg.model.source), dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code
-    )
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    reference = None
-    if cfg.algorithm.kl_coef > 0:
-        reference, _ = load_policy(cfg.model.source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
-        reference.requires_grad_(False)
+    # Data: every example checked against the prompt budget, which needs only the tokenizer.
+    tokenizer = load_tokenizer(policy_source, trust_remote_code=cfg.model.trust_remote_code)
     template = PromptTemplate.build(tokenizer, cfg.embedding.system_prompt)
-
-    # Data: every example checked against the prompt budget before the first step.
     loaded = load_examples(
         resolve_train_file(cfg),
         cfg.mode,
@@ -76,8 +80,18 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
     )
     print(loaded.summary())
     if len(loaded.examples) < cfg.trainer.batch_size:
-        raise ValueError(f"{loaded.source} has {len(loaded.examples)} usable examples, fewer than trainer.batch_size={cfg.trainer.batch_size}")
+        reason = f"only {len(loaded.examples)} usable examples, fewer than trainer.batch_size={cfg.trainer.batch_size}: lower that"
+        raise DataError(DataIssue(loaded.source, None, None, reason), hint=None)
     stream = ExampleStream(loaded.examples, cfg.trainer.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
+
+    # Policy (from the checkpoint when resuming), and a frozen reference only if KL is actually used.
+    model, tokenizer = load_policy(policy_source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.gradient_checkpointing:  # renamed in later transformers 5 releases, where the old name warns
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    reference = None
+    if cfg.algorithm.kl_coef > 0:
+        reference, _ = load_policy(cfg.model.source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+        reference.requires_grad_(False)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
@@ -119,8 +133,10 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
             "step": at_step,
             "data_position": position,
             "rng": rng_state(),
+            "run_name": run_label,  # in full: the encoder's name is cut short to serve as a folder name
         }
-        return save_checkpoint(output_dir, at_step, model, tokenizer, embedding, state, keep_last=cfg.trainer.keep_last, name=f"grace/{run_label}")
+        name = encoder_name(run_label, at_step)
+        return save_checkpoint(output_dir, at_step, model, tokenizer, embedding, state, keep_last=cfg.trainer.keep_last, name=name)
 
     last = latest_checkpoint(output_dir)
     exit_code = 1
@@ -168,12 +184,15 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
                 rewards.total, key, rewards.trained, estimator=cfg.algorithm.estimator, scale_by_std=cfg.algorithm.scale_by_std
             )
 
-            # 3. Policy update.
+            # 3. Policy update (the learning rate logged is the one its optimizer updates use, read before
+            # the scheduler moves on to the next step's).
+            first_update = scheduler.last_epoch
             update = ppo_update(model, reference, optimizer, scheduler, batch, advantages, rewards.trained, cfg, autocast)
 
             # 4. Metrics, sample rationales, checkpoint.
             step_seconds = time.perf_counter() - started
-            metrics = step_metrics(step, batch, rewards, advantages, key, update, step_seconds, rollout_seconds, scheduler)
+            lr = mean_learning_rate(scheduler, first_update, update.updates)
+            metrics = step_metrics(step, batch, rewards, advantages, key, update, step_seconds, rollout_seconds, lr)
             logger.log_step(metrics)
             if step == 1 or step % cfg.trainer.rationale_log_every == 0:
                 logger.log_rationales(step, sample_rationales(batch, rewards.total, advantages, tokenizer, cfg.trainer.rationale_log_count))
@@ -197,12 +216,44 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_output_dir(cfg: TrainConfig, output_dir: Path) -> None:
+    """A fresh run must not write into an earlier run's directory: keep_last would delete its new step-1
+    checkpoint at once (the old, higher steps are newer by number) and its metrics would be mixed in."""
+    if cfg.trainer.resume != "none":
+        return
+    earlier = ["checkpoints"] if complete_checkpoints(output_dir) else []
+    earlier += [METRICS_FILE] if (output_dir / METRICS_FILE).is_file() else []
+    if earlier:
+        raise ConfigError(
+            f"{output_dir} already holds {' and '.join(earlier)} of an earlier run, which trainer.resume=none would "
+            "overwrite: use trainer.resume=auto to continue, or a new trainer.output_dir"
+        )
+
+
 def find_resume_checkpoint(cfg: TrainConfig, output_dir: Path) -> Path | None:
     if cfg.trainer.resume == "none":
         return None
     if cfg.trainer.resume == "auto":
-        return latest_checkpoint(output_dir)
+        found = latest_checkpoint(output_dir)
+        if found is None:  # fine for a first run, but a mistyped directory must not pass for one
+            print(
+                f"trainer.resume=auto: no checkpoint in {checkpoint_root(output_dir)}, starting from step 0 "
+                "(to continue an earlier run, set trainer.output_dir to its directory)"
+            )
+        return found
     return Path(cfg.trainer.resume)
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer ``load_policy(source)`` would return, without the weights: enough to check the data.
+    (The pad token is left to ``load_policy``: counting tokens does not need one.)"""
+    try:
+        if source == TINY_RANDOM:
+            return packaged_tokenizer()
+        directory = packaged_smollm2_dir() if source == PACKAGED_SMOLLM2 else source
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except OSError as error:  # transformers' messages do not say which model they were loading
+        raise OSError(f"cannot load the tokenizer of {source!r}: {error}") from error
 
 
 def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
@@ -353,7 +404,14 @@ def _logprobs_in_chunks(model, batch: RolloutBatch, rows: torch.Tensor, cfg: Tra
     return logprobs
 
 
-def step_metrics(step, batch: RolloutBatch, rewards, advantages, key, update: UpdateStats, step_seconds, rollout_seconds, scheduler) -> dict[str, Any]:
+def mean_learning_rate(scheduler: torch.optim.lr_scheduler.LambdaLR, first_update: int, count: int) -> float:
+    """Mean rate of optimizer updates ``first_update .. first_update + count - 1``: LambdaLR's base rate
+    times its factor, which is what ``scheduler.get_last_lr()`` showed before each of those updates."""
+    base, factor = scheduler.base_lrs[0], scheduler.lr_lambdas[0]
+    return sum(base * factor(update) for update in range(first_update, first_update + count)) / max(count, 1)
+
+
+def step_metrics(step, batch: RolloutBatch, rewards, advantages, key, update: UpdateStats, step_seconds, rollout_seconds, lr) -> dict[str, Any]:
     trained = rewards.trained
     lengths = batch.rationale_lengths.float()
     metrics: dict[str, Any] = {"step": step}
@@ -377,7 +435,7 @@ def step_metrics(step, batch: RolloutBatch, rewards, advantages, key, update: Up
             "loss/entropy": update.entropy,
             "loss/ratio_max": update.ratio_max,
             "optim/grad_norm": update.grad_norm,
-            "optim/lr": scheduler.get_last_lr()[0],
+            "optim/lr": lr,  # mean over the step's optimizer updates
             "rollout/rationale_length_mean": float(lengths.mean()),
             "rollout/rationale_length_max": float(lengths.max()),
             "rollout/truncation_rate": float(batch.truncated.float().mean()),

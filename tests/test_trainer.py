@@ -1,13 +1,15 @@
 """The training loop on the tiny model: outputs, variants, resume, checkpoints, bad input."""
 import json
+import math
 
 import pytest
 import torch
 
-from grace.checkpoint import latest_checkpoint, save_checkpoint
+from grace.checkpoint import encoder_name, latest_checkpoint, save_checkpoint
 from grace.config import ConfigError
 from grace.data import DataError
 from grace.encoder import GraceEncoder
+from grace.tracking import WANDB_ID_FILE, wandb_run_id
 from grace.trainer import train
 
 from train_helpers import compose_config, read_metrics, without_timing
@@ -102,6 +104,10 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_loadable(tmp_pa
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-2"]  # keep_last=1
 
 
+def no_model(*args, **kwargs):
+    raise AssertionError("a model was loaded before the settings and the data were checked")
+
+
 def write_jsonl(path, lines):
     path.write_text("".join(line + "\n" for line in lines))
     return path
@@ -119,8 +125,9 @@ GOOD = '{"query": "What is a cat?", "positive": "A small animal.", "negative": "
         ('{"query": "' + "word " * 2000 + '", "positive": "p", "negative": "n"}', "line 2, field 'query'.*over the prompt budget"),
     ],
 )
-def test_bad_data_stops_before_training_with_file_line_and_field(tmp_path, bad_line, message):
+def test_bad_data_stops_before_training_with_file_line_and_field(tmp_path, monkeypatch, bad_line, message):
     data = write_jsonl(tmp_path / "train.jsonl", [GOOD, bad_line, GOOD, GOOD])
+    monkeypatch.setattr("grace.trainer.load_policy", no_model)  # the data is checked with the tokenizer alone
     with pytest.raises(DataError, match=f"train.jsonl, {message}"):
         train(compose_config(f"data.train_file={data}", "embedding.max_prompt_tokens=512"), tmp_path / "out")
     assert latest_checkpoint(tmp_path / "out") is None
@@ -157,9 +164,131 @@ def test_skip_mode_trains_on_the_good_examples_and_reports_the_rest(tmp_path, ca
     ],
 )
 def test_impossible_settings_fail_before_any_model_is_loaded(tmp_path, monkeypatch, overrides, message):
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was loaded before the configuration was checked")
-
     monkeypatch.setattr("grace.trainer.load_policy", no_model)
     with pytest.raises(ConfigError, match=message):
         train(compose_config(*overrides), tmp_path)
+
+
+def test_too_few_usable_examples_stop_before_the_model_loads(tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "train.jsonl", [GOOD, "{not json", GOOD])
+    monkeypatch.setattr("grace.trainer.load_policy", no_model)
+    with pytest.raises(DataError, match="only 2 usable examples, fewer than trainer.batch_size=3"):
+        train(compose_config(f"data.train_file={data}", "data.on_error=skip", "data.limit=null", "trainer.batch_size=3"), tmp_path / "out")
+
+
+# ---------------------------------------------------------------- output directory, names, logged numbers
+
+
+@pytest.mark.parametrize("earlier", ["checkpoint", "metrics"])
+def test_a_fresh_run_refuses_a_directory_that_holds_an_earlier_run(tmp_path, monkeypatch, earlier):
+    if earlier == "checkpoint":
+        (tmp_path / "checkpoints" / "step-3").mkdir(parents=True)
+        (tmp_path / "checkpoints" / "step-3" / "trainer_state.pt").write_bytes(b"")
+    else:
+        (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    monkeypatch.setattr("grace.trainer.load_policy", no_model)
+    with pytest.raises(ConfigError, match="use trainer.resume=auto to continue, or a new trainer.output_dir"):
+        train(compose_config("trainer.resume=none"), tmp_path)
+    if earlier == "checkpoint":
+        assert latest_checkpoint(tmp_path).name == "step-3"
+    else:
+        assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_resume_auto_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, monkeypatch, capsys):
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr("grace.trainer.load_policy", stop)
+    with pytest.raises(Stop):
+        train(compose_config("trainer.resume=auto"), tmp_path / "new")
+    assert f"trainer.resume=auto: no checkpoint in {tmp_path / 'new' / 'checkpoints'}, starting from step 0" in capsys.readouterr().out
+
+
+def test_a_long_run_name_gives_a_short_encoder_name_and_the_state_keeps_it_whole(tmp_path):
+    run_name = "reward=paper,rollout.num_samples=3," + ",".join(f"trainer.option_{i}=value_{i}" for i in range(20))
+    train(compose_config("trainer.max_steps=1"), tmp_path, run_name=run_name)
+    checkpoint = tmp_path / "checkpoints" / "step-1"
+    name = json.loads((checkpoint / "grace_encoder.json").read_text())["name"]
+    assert name == encoder_name(run_name, 1) and name.endswith("-step-1") and not name.startswith("grace/")
+    assert len(name) < 90
+    assert torch.load(checkpoint / "trainer_state.pt", weights_only=False)["run_name"] == run_name
+
+
+def test_encoder_names_are_short_distinct_and_keep_short_run_names():
+    assert encoder_name("reward=paper", 7) == "reward=paper-step-7"
+    a, b = encoder_name("x" * 100 + "a", 1), encoder_name("x" * 100 + "b", 1)
+    assert a != b and len(a) == len(b) == 60 + 1 + 8 + len("-step-1")
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_used(tmp_path):
+    train(compose_config("trainer.schedule=warmup_constant", "trainer.warmup_steps=2", "trainer.lr=1e-4"), tmp_path)
+    assert [m["optim/lr"] for m in read_metrics(tmp_path)] == pytest.approx([0.5e-4, 1e-4])
+
+
+def test_the_logged_grad_norm_is_the_mean_over_the_steps_updates(tmp_path, monkeypatch):
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(*args, **kwargs):
+        norms.append(float(clip(*args, **kwargs)))
+        return torch.tensor(norms[-1])
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    train(compose_config("trainer.max_steps=1", "trainer.mini_batch_size=1"), tmp_path)
+    assert len(norms) == 2 and norms[0] != norms[1]
+    assert read_metrics(tmp_path)[0]["optim/grad_norm"] == pytest.approx(sum(norms) / 2)
+
+
+def test_a_run_starting_at_step_0_gets_a_new_wandb_run_and_a_resumed_one_keeps_its_own(tmp_path):
+    (tmp_path / WANDB_ID_FILE).write_text("earlier")
+    assert wandb_run_id(tmp_path, resumed_step=0) != "earlier"
+    assert wandb_run_id(tmp_path, resumed_step=2) == "earlier"
+
+
+# ---------------------------------------------------------------- options that are implemented but were untested
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algorithm.kl_coef=0.1"],
+        ["algorithm.entropy_coef=0.01"],
+        ["algorithm.ppo_epochs=2"],
+        ["trainer.mini_batch_size=1"],
+        ["algorithm.recompute_old_logprobs=true"],
+        ["trainer.schedule=warmup_constant", "trainer.warmup_steps=3", "trainer.max_steps=2"],
+        ["trainer.schedule=cosine", "trainer.warmup_steps=1", "trainer.max_steps=3"],
+        ["model.gradient_checkpointing=true"],
+    ],
+    ids=lambda overrides: overrides[0],
+)
+def test_each_training_option_runs_and_logs_finite_numbers(tmp_path, monkeypatch, overrides):
+    import grace.trainer
+
+    loads = []
+    load_policy = grace.trainer.load_policy
+
+    def counting_load_policy(*args, **kwargs):
+        loads.append(args[0])
+        return load_policy(*args, **kwargs)
+
+    monkeypatch.setattr("grace.trainer.load_policy", counting_load_policy)
+    cfg = compose_config("trainer.max_steps=1", *overrides)
+    result = train(cfg, tmp_path)
+    assert result.steps_done == cfg.trainer.max_steps
+    # The frozen reference model is loaded only when its KL term has a weight.
+    assert len(loads) == (2 if cfg.algorithm.kl_coef > 0 else 1)
+    for metrics in read_metrics(tmp_path):
+        assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, (int, float))), metrics
+        assert metrics["optim/lr"] > 0
+    last = read_metrics(tmp_path)[-1]
+    if cfg.algorithm.kl_coef > 0:
+        assert last["loss/kl"] >= 0
+    if cfg.trainer.schedule == "warmup_constant":  # 2 of 3 warm-up updates done: 1/3 then 2/3 of the rate
+        assert [m["optim/lr"] for m in read_metrics(tmp_path)] == pytest.approx([cfg.trainer.lr / 3, 2 * cfg.trainer.lr / 3])
+    if cfg.trainer.schedule == "cosine":  # one warm-up update to the full rate, then down the cosine over 2 updates
+        assert [m["optim/lr"] for m in read_metrics(tmp_path)] == pytest.approx([cfg.trainer.lr, cfg.trainer.lr, cfg.trainer.lr / 2])
