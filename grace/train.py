@@ -3,6 +3,11 @@
 Everything Hydra-specific lives here: composing ``conf/train.yaml`` with the typed schema, naming the
 job's output directory and wandb run from its overrides, and making sure a multirun job that fails
 still closes its wandb run (the trainer does that in a ``finally``) without taking the sweep down.
+
+A user's mistake (a setting, the data, a model that cannot be loaded) ends a single run with one line
+``grace-train: ...`` and exit code 2. Under multirun the same line is printed and the error re-raised:
+Hydra records the job as failed, runs the remaining jobs and reports the failure at the end (a
+SystemExit would escape Hydra's per-job handling and stop the sweep).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from grace.config import ConfigError, TrainConfig, register_configs
+from grace.data.errors import DataError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
@@ -32,7 +38,8 @@ def _job_identity(cfg: TrainConfig) -> tuple[Path, str, str | None]:
         output_dir = Path(cfg.trainer.output_dir) / f"{hydra_cfg.job.num}_{overrides}"
     else:
         output_dir = Path(cfg.trainer.output_dir)
-    group = Path(hydra_cfg.sweep.dir).name if multirun else None
+    # The sweep directory's last two parts, "2025-01-31/14-02-11" by default: the time alone repeats daily.
+    group = "/".join(Path(hydra_cfg.sweep.dir).parts[-2:]) if multirun else None
     return output_dir, overrides, group
 
 
@@ -44,8 +51,13 @@ def _main(dict_cfg: DictConfig) -> None:
     output_dir, name, group = _job_identity(cfg)
     try:
         result = train(cfg, output_dir, run_name=name, run_group=group)
-    except ConfigError as error:
-        print(f"grace-train: invalid configuration: {error}", file=sys.stderr)
+    except (ConfigError, DataError, OSError) as error:
+        kind = "invalid configuration: " if isinstance(error, ConfigError) else ""
+        message = " ".join(str(error).split())  # one line: transformers' messages span several
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(f"grace-train: job {HydraConfig.get().job.num} ({name}) failed: {kind}{message}", file=sys.stderr)
+            raise
+        print(f"grace-train: {kind}{message}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"outputs: {result.output_dir}\nlast checkpoint: {result.last_checkpoint}")
     if cfg.final_eval.enabled:

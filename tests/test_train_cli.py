@@ -1,6 +1,7 @@
 """End-to-end: the real ``grace-train`` command (Hydra, wandb offline) on the tiny model."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_a_sweep_gives_each_job_its_own_directory_metrics_and_finished_wandb_run
         assert "stream: all finished" in (runs[0] / "logs" / "debug-internal.log").read_text()
         record = (runs[0] / f"run-{runs[0].name.split('-')[-1]}.wandb").read_bytes()
         assert f"reward={reward}".encode() in record  # the run is named from its overrides
-        assert sweep.name.encode() in record  # and grouped by its sweep
+        assert f"{sweep.parent.name}/{sweep.name}".encode() in record  # and grouped by its sweep (date/time by default)
         assert json.loads((job / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
 
 
@@ -56,3 +57,33 @@ def test_an_impossible_setting_fails_with_what_to_change(tmp_path):
     done = grace_train("model=tiny-random", "logger=none", "rollout.num_samples=1", f"trainer.output_dir={tmp_path}", cwd=tmp_path)
     assert done.returncode == 2
     assert "invalid configuration" in done.stderr and "set rollout.num_samples" in done.stderr
+
+
+def test_an_impossible_job_fails_alone_and_the_rest_of_the_sweep_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = grace_train("-m", "model=tiny-random", "rollout.num_samples=1,2", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}", *SMALL, cwd=tmp_path)
+    assert done.returncode != 0  # Hydra reports the failed job once the sweep is over
+    assert re.search(r"grace-train: job 0 \(.*rollout.num_samples=1.*\) failed: invalid configuration: algorithm=grpo", done.stderr)
+    first, second = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert first.name.startswith("0_") and not (first / "metrics.jsonl").exists()
+    assert second.name.startswith("1_") and "rollout.num_samples=2" in second.name
+    assert len((second / "metrics.jsonl").read_text().splitlines()) == 2
+    runs = list((second / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and "stream: all finished" in (runs[0] / "logs" / "debug-internal.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data.train_file={data}"], "grace-train: {data}, line 2: malformed JSON"),
+        (["model.source=nosuch/model"], "grace-train: cannot load the tokenizer of 'nosuch/model': We couldn't connect"),
+    ],
+)
+def test_bad_data_or_an_unloadable_model_ends_a_run_with_one_line(tmp_path, args, message):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"query": "q", "positive": "p", "negative": "n"}\n{"query": \n')
+    args = [arg.format(data=data) for arg in args]
+    done = grace_train("model=tiny-random", "logger=none", f"trainer.output_dir={tmp_path / 'out'}", *SMALL, *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message.format(data=data) in done.stderr
+    assert "Traceback" not in done.stderr and "grace-train:" in done.stderr.strip().splitlines()[-1]
