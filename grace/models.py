@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,21 +57,43 @@ def load_policy(
     token (the EOS token when the model has none) because batched rollouts need one.
     """
     torch_dtype = resolve_dtype(dtype)
-    if source == PACKAGED_SMOLLM2:
-        model_dir = packaged_smollm2_dir()
-    elif source == TINY_RANDOM:
+    if source == TINY_RANDOM:
         model, tokenizer = _tiny_random(seed)
         return model.to(device=device, dtype=torch_dtype).eval(), tokenizer
-    else:
-        model_dir = source
-        if _looks_like_path(source) and not Path(source).is_dir():
-            raise FileNotFoundError(
-                f"model path {source!r} does not exist; give a local model directory, a hub id "
-                f"(owner/name), {PACKAGED_SMOLLM2!r} or {TINY_RANDOM!r}"
-            )
-    try:
+    model_dir = _model_dir(source)
+    with _explained_load_errors(source, model_dir):
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    _ensure_pad_token(model, tokenizer)
+    return model.to(device).eval(), tokenizer
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer ``load_policy(source)`` would return, without the weights: enough to check data
+    before the (slow, large) weights load. The pad token is left to ``load_policy``."""
+    if source == TINY_RANDOM:
+        return packaged_tokenizer()
+    model_dir = _model_dir(source)
+    with _explained_load_errors(source, model_dir):
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+def _model_dir(source: str) -> str | Path:
+    """What transformers loads for ``source``: the packaged model's converted copy, a directory or a hub id."""
+    if source == PACKAGED_SMOLLM2:
+        return packaged_smollm2_dir()
+    if _looks_like_path(source) and not Path(source).is_dir():
+        raise FileNotFoundError(
+            f"model path {source!r} does not exist; give a local model directory, a hub id "
+            f"(owner/name), {PACKAGED_SMOLLM2!r} or {TINY_RANDOM!r}"
+        )
+    return source
+
+
+@contextmanager
+def _explained_load_errors(source: str, model_dir: str | Path):
+    try:
+        yield
     except OSError as error:
         if Path(model_dir).is_dir():
             raise  # a local model with a broken file: transformers' message names it
@@ -80,8 +103,6 @@ def load_policy(
             f"no local directory {source!r}, and it could not be loaded as a hub id ({_offline_hint()}): "
             + " ".join(str(error).split())
         ) from error
-    _ensure_pad_token(model, tokenizer)
-    return model.to(device).eval(), tokenizer
 
 
 def _looks_like_path(source: str) -> bool:

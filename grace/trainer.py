@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from grace.advantages import compute_advantages
 from grace.checkpoint import (
@@ -38,7 +37,7 @@ from grace.data import DataError, DataIssue, Sentence, Triplet, load_examples
 from grace.data.stream import ExampleStream
 from grace.embedding import Decoding, EmbeddingConfig
 from grace.loss import policy_logprobs, ppo_loss
-from grace.models import PACKAGED_SMOLLM2, TINY_RANDOM, load_policy, packaged_smollm2_dir, packaged_tokenizer
+from grace.models import load_policy, load_tokenizer
 from grace.prompts import PromptTemplate
 from grace.rewards import compute_rewards, within_group_std
 from grace.rollout import Role, RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
@@ -67,7 +66,10 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
 
     # Data: every example checked against the prompt budget, which needs only the tokenizer.
     tokenizer = load_tokenizer(policy_source, trust_remote_code=cfg.model.trust_remote_code)
-    template = PromptTemplate.build(tokenizer, cfg.embedding.system_prompt)
+    try:
+        template = PromptTemplate.build(tokenizer, cfg.embedding.system_prompt)
+    except ValueError as error:  # no chat template: a base model, not an instruct model
+        raise ConfigError(f"model.source={cfg.model.source!r}: {error}") from None
     loaded = load_examples(
         resolve_train_file(cfg),
         cfg.mode,
@@ -242,18 +244,6 @@ def find_resume_checkpoint(cfg: TrainConfig, output_dir: Path) -> Path | None:
             )
         return found
     return Path(cfg.trainer.resume)
-
-
-def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer ``load_policy(source)`` would return, without the weights: enough to check the data.
-    (The pad token is left to ``load_policy``: counting tokens does not need one.)"""
-    try:
-        if source == TINY_RANDOM:
-            return packaged_tokenizer()
-        directory = packaged_smollm2_dir() if source == PACKAGED_SMOLLM2 else source
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    except OSError as error:  # transformers' messages do not say which model they were loading
-        raise OSError(f"cannot load the tokenizer of {source!r}: {error}") from error
 
 
 def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from grace.models import PACKAGED_SMOLLM2, TINY_RANDOM, count_parameters, load_policy, packaged_smollm2_dir
+from grace.models import PACKAGED_SMOLLM2, TINY_RANDOM, count_parameters, load_policy, load_tokenizer, packaged_smollm2_dir
 
 
 def test_tiny_random_is_seeded_and_uses_the_packaged_tokenizer():
@@ -34,6 +34,18 @@ def test_local_directory_loads_with_plain_transformers(tmp_path):
     reloaded, reloaded_tokenizer = load_policy(str(tmp_path))
     assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
     assert reloaded_tokenizer.chat_template == tokenizer.chat_template
+    alone = load_tokenizer(str(tmp_path))  # what the trainer checks the data with, before the weights load
+    assert alone.chat_template == tokenizer.chat_template and alone.get_vocab() == tokenizer.get_vocab()
+
+
+def test_load_tokenizer_handles_every_source_like_load_policy(tmp_path, monkeypatch):
+    assert load_tokenizer(TINY_RANDOM).get_vocab() == load_policy(TINY_RANDOM)[1].get_vocab()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tokenizer("./missing-model")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="no local directory 'outputs/run'"):
+        load_tokenizer("outputs/run")
 
 
 @pytest.mark.slow

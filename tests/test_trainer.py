@@ -169,6 +169,18 @@ def test_impossible_settings_fail_before_any_model_is_loaded(tmp_path, monkeypat
         train(compose_config(*overrides), tmp_path)
 
 
+def test_a_base_model_without_chat_template_is_refused_before_its_weights_load(tmp_path, monkeypatch):
+    from grace.models import TINY_RANDOM, load_policy
+
+    model, tokenizer = load_policy(TINY_RANDOM)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "base-model")
+    model.save_pretrained(tmp_path / "base-model")
+    monkeypatch.setattr("grace.trainer.load_policy", no_model)
+    with pytest.raises(ConfigError, match=r"model.source=.*base-model.*no chat template: GRACE needs an instruct model"):
+        train(compose_config(f"model.source={tmp_path / 'base-model'}"), tmp_path / "out")
+
+
 def test_too_few_usable_examples_stop_before_the_model_loads(tmp_path, monkeypatch):
     data = write_jsonl(tmp_path / "train.jsonl", [GOOD, "{not json", GOOD])
     monkeypatch.setattr("grace.trainer.load_policy", no_model)
