@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.embedding import EmbeddingConfig
-from grace.encoder import write_encoder_files
+from grace.encoder import staged_directory, write_encoder_files
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "step-"
@@ -88,17 +87,12 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     for debris in root.glob(f".{_PREFIX}*"):  # left by a save that was killed
         shutil.rmtree(debris, ignore_errors=True)
-    target = root / f"{_PREFIX}{step}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{_PREFIX}{step}-", dir=root))
-    try:
+    # Staged beside the target as ".step-N-..." (the debris pattern above) and swapped in when complete;
+    # the same step saved again (a resumed run repeating it) is replaced without a moment of absence.
+    with staged_directory(root / f"{_PREFIX}{step}") as staging:
         write_encoder_files(staging, model, tokenizer, embedding, None, name)
         torch.save(trainer_state, staging / STATE_FILE)
-        if target.exists():  # the same step saved before (a resumed run repeating it): replace it
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    target = root / f"{_PREFIX}{step}"
     for old in complete_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target
