@@ -70,7 +70,15 @@ def _before_after(cfg: TrainConfig, checkpoint: Path, output_dir: Path) -> None:
 
     from grace.evaluation.runner import QUICK_SETTINGS, before_after
 
-    settings = replace(QUICK_SETTINGS, max_new_tokens=cfg.final_eval.max_new_tokens, batch_size=cfg.final_eval.batch_size)
+    from grace.trainer import resolve_device
+
+    settings = replace(
+        QUICK_SETTINGS,
+        max_new_tokens=cfg.final_eval.max_new_tokens,
+        batch_size=cfg.final_eval.batch_size,
+        device=str(resolve_device(cfg.model.device)),  # where the run trained, GPU included
+        dtype=cfg.model.dtype,
+    )
     table = before_after(checkpoint, output_dir, base=cfg.model.source, tasks=list(cfg.final_eval.tasks), settings=settings)
     print(f"\nbefore/after training ({output_dir}):\n{table.to_markdown()}")
 
