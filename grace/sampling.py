@@ -2,7 +2,9 @@
 
 Every row carries its own temperature and top_p (queries and positives are sampled differently in one
 batch) and its own random stream, so a seeded rationale for a text does not depend on which other
-texts share its batch. Sampling is by inverse CDF: one uniform number per row and step.
+texts share its batch, up to floating-point rounding: batch layouts change logits by ~1e-7, which can
+swap near-tied tokens (seen with nucleus sampling on a random model, whose distribution is nearly flat).
+Sampling is by inverse CDF: one uniform number per row and step.
 
 The log-probability returned is that of the temperature-scaled distribution ``softmax(logits / T)``
 (``T = 1`` for greedy rows), before nucleus truncation. That is the distribution the policy loss
