@@ -76,7 +76,7 @@ def test_an_impossible_job_fails_alone_and_the_rest_of_the_sweep_runs(tmp_path):
     "args, message",
     [
         (["data.train_file={data}"], "grace-train: {data}, line 2: malformed JSON"),
-        (["model.source=nosuch/model"], "grace-train: cannot load the tokenizer of 'nosuch/model': We couldn't connect"),
+        (["model.source=nosuch/model"], "grace-train: no local directory 'nosuch/model', and it could not be loaded as a hub id"),
     ],
 )
 def test_bad_data_or_an_unloadable_model_ends_a_run_with_one_line(tmp_path, args, message):
