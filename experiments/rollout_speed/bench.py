@@ -1,0 +1,117 @@
+"""Rollout cost of one GRACE step: our single pass against the two-pass way of the official code.
+
+Three ways to get k rationales per text *and* their pooled embeddings, timed in one process on the same
+prompts (a training step of ``experiment=cpu_small``: 2 chatterbot triplets x 3 roles x k samples):
+
+* ``two-pass``   transformers' ``generate``, then a second forward over the finished sequences for the
+                 last-layer hidden states, then pooling: what the official code does (it also runs a
+                 third pass for the old log-probs, not counted here).
+* ``one-pass``   ``grace.generation.generate`` with ``share_prompts=False``: hidden states pooled while
+                 generating, log-probs of the sampled tokens kept, no second forward.
+* ``one-pass+shared-prompt``  the same, with the prompt pass run once per distinct text and its KV cache
+                 copied to the k samples (the trainer's default).
+
+Every row generates exactly ``--new-tokens`` tokens (EOS is ignored) so the three do the same amount of
+decoding. Figures are medians over ``--repeats`` runs after one warm-up, printed as ratios to ``two-pass``.
+
+    .venv/bin/python experiments/rollout_speed/bench.py                      # packaged SmolLM2, k=4, 32 tokens
+    .venv/bin/python experiments/rollout_speed/bench.py --k 8 --new-tokens 64
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from grace.data import chatterbot_triplets
+from grace.forward import model_device
+from grace.generation import generate
+from grace.models import PACKAGED_SMOLLM2, load_policy
+from grace.pooling import pool_hidden
+from grace.prompts import GRACE_SYSTEM_PROMPT, PromptBatch, PromptTemplate, Span, render_prompt
+
+
+def two_pass(model, prompts: PromptBatch, new_tokens: int, seed: int) -> torch.Tensor:
+    """transformers' generate, then a full forward over prompt + rationale for the hidden states: [B, H]."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        sequences = model.generate(
+            input_ids=prompts.input_ids,
+            attention_mask=prompts.attention_mask,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+        )
+        mask = torch.cat([prompts.attention_mask, torch.ones_like(sequences[:, prompts.input_ids.shape[1] :])], dim=1)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        hidden = model(input_ids=sequences, attention_mask=mask, position_ids=positions, output_hidden_states=True)
+        rationale = torch.full_like(sequences[:, prompts.input_ids.shape[1] :], int(Span.RATIONALE))
+        spans = torch.cat([prompts.spans, rationale], dim=1)
+        return pool_hidden(hidden.hidden_states[-1], spans, "after_system")
+
+
+def one_pass(model, prompts: PromptBatch, new_tokens: int, seed: int, share_prompts: bool) -> torch.Tensor:
+    rows = prompts.input_ids.shape[0]
+    out = generate(
+        model,
+        prompts,
+        temperature=torch.ones(rows),
+        top_p=torch.ones(rows),
+        max_new_tokens=torch.full((rows,), new_tokens),
+        seeds=[seed * 1000 + i for i in range(rows)],
+        eos_ids=[-1],  # never stop early: every row decodes exactly new_tokens tokens
+        pad_id=0,
+        pooling="after_system",
+        share_prompts=share_prompts,
+    )
+    return out.embeddings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=PACKAGED_SMOLLM2)
+    parser.add_argument("--examples", type=int, default=2, help="triplets per step (3 texts each)")
+    parser.add_argument("--k", type=int, default=4, help="rationales per text")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, tokenizer = load_policy(args.model)
+    template = PromptTemplate.build(tokenizer, GRACE_SYSTEM_PROMPT)
+    texts = [t for triplet in chatterbot_triplets("train")[: args.examples] for t in (triplet.query, triplet.positive, triplet.negative)]
+    prompts = PromptBatch.collate([render_prompt(tokenizer, t, template, 256) for t in texts for _ in range(args.k)], tokenizer.pad_token_id)
+    rows, width = prompts.input_ids.shape
+    print(
+        f"model {args.model} on {model_device(model)}, {args.threads} threads: {len(texts)} texts x k={args.k} = {rows} rows, "
+        f"prompt width {width}, {args.new_tokens} new tokens each"
+    )
+
+    methods = {
+        "two-pass": lambda seed: two_pass(model, prompts, args.new_tokens, seed),
+        "one-pass": lambda seed: one_pass(model, prompts, args.new_tokens, seed, share_prompts=False),
+        "one-pass+shared-prompt": lambda seed: one_pass(model, prompts, args.new_tokens, seed, share_prompts=True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for repeat in range(args.repeats + 1):  # repeat 0 warms up
+        for name, run in methods.items():  # interleaved, so a burst of load elsewhere hits all three
+            started = time.perf_counter()
+            run(repeat)
+            if repeat:
+                times[name].append(time.perf_counter() - started)
+
+    baseline = statistics.median(times["two-pass"])
+    print(f"{'method':<24} {'median s':>9} {'tokens/s':>9} {'vs two-pass':>12}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:<24} {median:>9.2f} {rows * args.new_tokens / median:>9.1f} {baseline / median:>11.2f}x")
+
+
+if __name__ == "__main__":
+    main()
