@@ -69,7 +69,6 @@ def _before_after(cfg: TrainConfig, checkpoint: Path, output_dir: Path) -> None:
     from dataclasses import replace
 
     from grace.evaluation.runner import QUICK_SETTINGS, before_after
-
     from grace.trainer import resolve_device
 
     settings = replace(

@@ -32,7 +32,15 @@ from grace.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from grace.config import ConfigError, TrainConfig, resolve_train_file, role_max_new_tokens, role_samples, validate
+from grace.config import (
+    ConfigError,
+    TrainConfig,
+    resolve_train_file,
+    role_max_new_tokens,
+    role_samples,
+    rollout_roles,
+    validate,
+)
 from grace.data import DataError, DataIssue, Sentence, Triplet, load_examples
 from grace.data.stream import ExampleStream
 from grace.embedding import Decoding, EmbeddingConfig
@@ -247,13 +255,10 @@ def find_resume_checkpoint(cfg: TrainConfig, output_dir: Path) -> Path | None:
 
 
 def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
-    roles = {Role.QUERY: "query", Role.POSITIVE: "positive"}
-    if cfg.mode == "supervised":
-        roles[Role.NEGATIVE] = "negative"
     sampling = {}
-    for role, name in roles.items():
+    for name in rollout_roles(cfg):
         settings = getattr(cfg.rollout, name)
-        sampling[role] = RoleSampling(
+        sampling[Role[name.upper()]] = RoleSampling(
             num_samples=role_samples(cfg, name),
             temperature=settings.temperature,
             top_p=settings.top_p,
