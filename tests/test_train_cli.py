@@ -87,3 +87,29 @@ def test_bad_data_or_an_unloadable_model_ends_a_run_with_one_line(tmp_path, args
     assert done.returncode == 2
     assert message.format(data=data) in done.stderr
     assert "Traceback" not in done.stderr and "grace-train:" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_run_with_final_eval_prints_the_before_after_table(tmp_path):
+    out = tmp_path / "run"
+    final_eval = ["final_eval.enabled=true", "final_eval.tasks=[GraceLeeSTS]", "final_eval.max_new_tokens=2"]
+    done = grace_train("model=tiny-random", "trainer.max_steps=1", "logger=none", f"trainer.output_dir={out}", *SMALL, *final_eval, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.split(f"before/after training ({out / 'eval'}):")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "LeeSTS" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| base (no rationale)", "| base + rationale", "| GRACE-trained + rationale"]
+    assert (out / "eval" / "results.md").is_file()
+
+
+@pytest.mark.slow
+def test_the_main_job_config_trains_the_packaged_model_and_prints_its_table(tmp_path):
+    """`make run` (experiment=cpu_small), shortened to one step and 4-token evaluation rationales."""
+    out = tmp_path / "run"
+    done = grace_train(
+        "experiment=cpu_small", "trainer.max_steps=1", "logger=none", "logger.progress_bar=false",
+        f"trainer.output_dir={out}", "final_eval.max_new_tokens=4", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "skipped 8 (8 over the token budget)" in done.stdout  # data.on_error=skip reports what it dropped
+    assert "| GRACE-trained + rationale | yes |" in done.stdout
+    metrics = json.loads((out / "metrics.jsonl").read_text())
+    assert metrics["rollout/rows"] == 24 and metrics["reward/contrastive_within_group_std"] > 0
