@@ -19,7 +19,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.embedding import EmbeddingConfig
-from grace.encoder import staged_directory, write_encoder_files
+from grace.encoder import write_encoder_files
+from grace.staging import staged_directory
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "step-"
@@ -87,12 +88,12 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     for debris in root.glob(f".{_PREFIX}*"):  # left by a save that was killed
         shutil.rmtree(debris, ignore_errors=True)
+    target = root / f"{_PREFIX}{step}"
     # Staged beside the target as ".step-N-..." (the debris pattern above) and swapped in when complete;
     # the same step saved again (a resumed run repeating it) is replaced without a moment of absence.
-    with staged_directory(root / f"{_PREFIX}{step}") as staging:
+    with staged_directory(target) as staging:
         write_encoder_files(staging, model, tokenizer, embedding, None, name)
         torch.save(trainer_state, staging / STATE_FILE)
-    target = root / f"{_PREFIX}{step}"
     for old in complete_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -11,19 +11,12 @@ encoding and indexing embed a text the same way. Every path goes through ``grace
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import logging
-import os
-import shutil
-import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +26,7 @@ from grace.cache import CachedEmbedding, EmbeddingCache, canonical_config
 from grace.embedding import Decoding, EmbeddingConfig, embed
 from grace.models import cache_dir, count_parameters, load_policy
 from grace.prompts import PromptTemplate
+from grace.staging import check_replaceable, staged_directory
 
 ENCODER_CONFIG_FILE = "grace_encoder.json"
 # 2: records the dtype, and the fingerprint hashes shapes too (a version-1 fingerprint is not comparable).
@@ -356,69 +350,6 @@ def save_encoder(
     with staged_directory(target) as staging:
         write_encoder_files(staging, model, tokenizer, document, query, name)
     return target
-
-
-def check_replaceable(target: Path, *, marker: str, what: str) -> None:
-    """Refuse to replace ``target`` unless it is missing, an empty directory, or holds ``marker`` (one of ours)."""
-    if not target.exists() or (target / marker).is_file():
-        return
-    if target.is_dir() and not any(target.iterdir()):
-        return
-    raise ValueError(
-        f"{target} exists and is not {what} (it has no {marker}): refusing to replace it; "
-        f"choose a new or empty directory"
-    )
-
-
-@contextmanager
-def staged_directory(target: Path) -> Iterator[Path]:
-    """Yield an empty staging directory beside ``target``; when the block finishes, it becomes ``target``.
-
-    An existing ``target`` is exchanged with the staging directory in one atomic ``renameat2`` where the
-    system has it, so a reader always finds either the old or the new directory, never nothing; elsewhere
-    the old one is first renamed aside (a retired directory) and removed only once the new one is in
-    place. If the block fails, the staging directory is removed and ``target`` is untouched.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; models and indexes are shared
-        yield staging
-        if not target.exists():
-            os.replace(staging, target)
-        elif _exchange(staging, target):
-            shutil.rmtree(staging, ignore_errors=True)  # now holds the old directory
-        else:
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-_RENAME_EXCHANGE = 2  # linux/fs.h
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
-    if renameat2 is None:
-        return False
-    at_cwd = -100  # AT_FDCWD: the paths are used as given
-    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    error = ctypes.get_errno()
-    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot exchange
-        return False
-    raise OSError(error, f"cannot swap {a} into place: {os.strerror(error)}", str(b))
-
-
-def current_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def write_encoder_files(

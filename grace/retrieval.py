@@ -30,7 +30,8 @@ import faiss
 import numpy as np
 
 from grace.embedding import EmbeddingConfig
-from grace.encoder import GraceEncoder, check_replaceable, staged_directory
+from grace.encoder import GraceEncoder
+from grace.staging import check_replaceable, staged_directory
 
 INDEX_FILE = "index.faiss"
 DOCUMENTS_FILE = "documents.jsonl"

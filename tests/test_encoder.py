@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import grace.cache as cache_module
-import grace.encoder as encoder_module
+import grace.staging as staging_module
 from grace.cache import EmbeddingCache, canonical_config
 from grace.embedding import Decoding, EmbeddingConfig, embed
 from grace.encoder import ENCODER_CONFIG_FILE, GraceEncoder, model_fingerprint, save_encoder
@@ -222,7 +222,7 @@ def test_save_replaces_an_encoder_and_the_target_always_holds_one(tmp_path, tiny
     (target / "stale.txt").write_text("from the old save")
     newer = GraceEncoder(*load_policy(TINY_RANDOM, seed=1))
     if not exchange:
-        monkeypatch.setattr(encoder_module, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(staging_module, "_exchange", lambda a, b: False)
     removed_while: list[str] = []
     rmtree = shutil.rmtree
 
@@ -230,7 +230,7 @@ def test_save_replaces_an_encoder_and_the_target_always_holds_one(tmp_path, tiny
         removed_while.append(json.loads((target / ENCODER_CONFIG_FILE).read_text())["fingerprint"])
         return rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(encoder_module.shutil, "rmtree", spying_rmtree)
+    monkeypatch.setattr(staging_module.shutil, "rmtree", spying_rmtree)
     newer.save(target)
 
     assert removed_while == [newer.fingerprint]  # the old copy is removed only once the new one is in place

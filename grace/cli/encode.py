@@ -38,7 +38,8 @@ from grace.cli import (
     report_error,
     with_overrides,
 )
-from grace.encoder import ROLES, GraceEncoder, current_umask
+from grace.encoder import ROLES, GraceEncoder
+from grace.staging import current_umask
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
