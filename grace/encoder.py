@@ -11,6 +11,7 @@ encoding and indexing embed a text the same way. Every path goes through ``grace
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -118,6 +119,13 @@ class GraceEncoder:
     def save(self, directory: str | Path) -> Path:
         """Write weights, tokenizer and settings to ``directory`` (atomically: all or nothing)."""
         return save_encoder(directory, self.model, self.tokenizer, self.configs["document"], self.configs["query"], self.name)
+
+    def with_settings(self, document: EmbeddingConfig, query: EmbeddingConfig | None = None) -> "GraceEncoder":
+        """The same weights, tokenizer and cache embedding with other settings; no copy of the model, and
+        fingerprints already computed are shared."""
+        other = copy.copy(self)
+        other.configs = {"document": document, "query": query or document}
+        return other
 
     # ------------------------------------------------------------------ encoding
 

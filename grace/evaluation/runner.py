@@ -190,10 +190,7 @@ class _LoadedModels:
             encoder = self.grace[key]
         like = getattr(spec, "like", None)
         if like is not None:  # the same weights, embedding as another encoder does
-            encoder = GraceEncoder(
-                encoder.model, encoder.tokenizer, document=like["document"], query=like["query"],
-                name=encoder.name, batch_size=encoder.batch_size, cache=encoder.cache,
-            )  # fmt: skip
+            encoder = encoder.with_settings(like["document"], like["query"])
         return GraceMtebEncoder(encoder, embedding_options(settings, spec))
 
     def release(self, spec: ModelConfig) -> None:
