@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from grace.advantages import ESTIMATORS
 from grace.data.readers import check_source
 from grace.loss import AGGREGATIONS, KL_ESTIMATORS
+from grace.models import is_missing_model_path
 from grace.pooling import POOLING_METHODS
 from grace.prompts import GRACE_SYSTEM_PROMPT
 from grace.rewards import MODES, VARIANTS
@@ -260,7 +261,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("algorithm.ppo_epochs must be at least 1")
     if t.resume not in ("none", "auto") and not Path(t.resume).is_dir():
         raise ConfigError(f"trainer.resume={t.resume!r}: no such checkpoint directory (or use 'auto' / 'none')")
-    if cfg.model.source.startswith(("/", ".", "~")) and not Path(cfg.model.source).expanduser().is_dir():
+    if is_missing_model_path(cfg.model.source):  # the very check load_policy makes, before it loads anything
         raise ConfigError(f"model.source={cfg.model.source!r}: no such model directory (or use a hub id or a model=... preset)")
     if cfg.data.limit is not None and cfg.data.limit < t.batch_size:
         raise ConfigError(f"data.limit={cfg.data.limit} is below trainer.batch_size={t.batch_size}: one step needs that many examples")

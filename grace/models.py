@@ -82,7 +82,7 @@ def _model_dir(source: str) -> str | Path:
     """What transformers loads for ``source``: the packaged model's converted copy, a directory or a hub id."""
     if source == PACKAGED_SMOLLM2:
         return packaged_smollm2_dir()
-    if _looks_like_path(source) and not Path(source).is_dir():
+    if is_missing_model_path(source):
         raise FileNotFoundError(
             f"model path {source!r} does not exist; give a local model directory, a hub id "
             f"(owner/name), {PACKAGED_SMOLLM2!r} or {TINY_RANDOM!r}"
@@ -103,6 +103,11 @@ def _explained_load_errors(source: str, model_dir: str | Path):
             f"no local directory {source!r}, and it could not be loaded as a hub id ({_offline_hint()}): "
             + " ".join(str(error).split())
         ) from error
+
+
+def is_missing_model_path(source: str) -> bool:
+    """``source`` can only be a local directory (not a hub id or a packaged name), and there is none."""
+    return _looks_like_path(source) and not Path(source).is_dir()
 
 
 def _looks_like_path(source: str) -> bool:
