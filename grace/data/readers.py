@@ -280,8 +280,7 @@ def _load_saved_dataset(path: Path, split: str) -> Any:
     """A directory written by ``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``: pick ``split``)."""
     import datasets
 
-    _check_saved_dataset(path)
-    loaded = datasets.load_from_disk(str(path))
+    loaded = datasets.load_from_disk(str(path))  # both callers have checked that it is one
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise ValueError(f"{path} has no split {split!r}; it has {', '.join(loaded)}")
