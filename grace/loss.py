@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from grace.forward import decoder_forward, lm_logits, position_ids
 from grace.rollout import RolloutBatch
+from grace.sampling import temperature_scaled
 
 AGGREGATIONS = ("token-mean", "sequence-mean")
 KL_ESTIMATORS = ("k1", "k3")
@@ -53,7 +54,9 @@ def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, entropy: str
     width = ids.shape[1] - batch.prompt_length
     # The state at position t predicts token t + 1: rationale token j is predicted from P - 1 + j.
     predicting = hidden[:, batch.prompt_length - 1 : batch.prompt_length - 1 + width]
-    scaled = temperature_scaled(lm_logits(model, predicting), batch.temperature.to(device))  # [B, T, V]
+    logits, temperature = lm_logits(model, predicting), batch.temperature.to(device)
+    # The distribution the rollout sampled from; at T = 1 float32 logits are used as they are, not copied.
+    scaled = logits.float() if bool((temperature == 1).all()) else temperature_scaled(logits, temperature)  # [B, T, V]
     targets = batch.rationale_ids.to(device).unsqueeze(-1)
     token_logprobs = scaled.gather(-1, targets).squeeze(-1) - scaled.logsumexp(dim=-1)
     real = batch.rationale_mask.to(device)
@@ -66,18 +69,6 @@ def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, entropy: str
     if entropies is not None:
         entropies = torch.where(real, entropies, 0.0)
     return PolicyOutput(torch.where(real, token_logprobs, 0.0), entropies)
-
-
-def temperature_scaled(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """``logits`` [B, T, V] / T in float32, the distribution the rollout sampled from (T <= 0, greedy: 1).
-
-    Same scaling as ``grace.sampling.scaled_log_probs``; no copy is made for float32 logits at T = 1.
-    """
-    logits = logits.float()
-    if bool((temperature == 1).all()):
-        return logits
-    t = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).float()
-    return logits / t.view(-1, 1, 1)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -15,14 +15,18 @@ from __future__ import annotations
 import torch
 
 
-def scaled_log_probs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits / T) [..., V] in float32; ``temperature`` [B] broadcasts over the leading axis.
+def temperature_scaled(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """logits / T [B, ..., V] in float32; ``temperature`` [B] broadcasts over the leading axis.
 
     Rows with T <= 0 (greedy) use T = 1.
     """
     t = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).float()
-    t = t.view(-1, *([1] * (logits.dim() - 1)))
-    return torch.log_softmax(logits.float() / t, dim=-1)
+    return logits.float() / t.view(-1, *([1] * (logits.dim() - 1)))
+
+
+def scaled_log_probs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits / T) [B, ..., V] in float32: the distribution a row samples from."""
+    return torch.log_softmax(temperature_scaled(logits, temperature), dim=-1)
 
 
 def row_generators(seeds: list[int]) -> list[torch.Generator]:
