@@ -26,7 +26,7 @@ import time
 import torch
 
 from grace.data import chatterbot_triplets
-from grace.forward import model_device
+from grace.forward import model_device, position_ids
 from grace.generation import generate
 from grace.models import PACKAGED_SMOLLM2, load_policy
 from grace.pooling import pool_hidden
@@ -48,8 +48,7 @@ def two_pass(model, prompts: PromptBatch, new_tokens: int, seed: int) -> torch.T
             min_new_tokens=new_tokens,
         )
         mask = torch.cat([prompts.attention_mask, torch.ones_like(sequences[:, prompts.input_ids.shape[1] :])], dim=1)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        hidden = model(input_ids=sequences, attention_mask=mask, position_ids=positions, output_hidden_states=True)
+        hidden = model(input_ids=sequences, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
         rationale = torch.full_like(sequences[:, prompts.input_ids.shape[1] :], int(Span.RATIONALE))
         spans = torch.cat([prompts.spans, rationale], dim=1)
         return pool_hidden(hidden.hidden_states[-1], spans, "after_system")
