@@ -215,3 +215,9 @@ def test_unnormalised_embeddings_give_the_rewards_of_their_unit_vectors(variant)
     assert torch.allclose(scaled.total, unit_rewards.total, atol=1e-5)
     for name in unit_rewards.terms:
         assert torch.allclose(scaled.terms[name], unit_rewards.terms[name], atol=1e-5), name
+
+
+def test_within_group_std_is_exactly_zero_for_constant_groups_whose_mean_rounds():
+    # Six (or seven) copies of these float32 values sum to a total whose sixth (seventh) is not the value again.
+    values = torch.tensor([-1 / 3] * 6 + [-0.7] * 7, dtype=torch.float32)
+    assert within_group_std(values, torch.tensor([0] * 6 + [1] * 7)) == 0
