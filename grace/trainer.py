@@ -46,7 +46,7 @@ from grace.data.stream import ExampleStream
 from grace.embedding import Decoding, EmbeddingConfig
 from grace.loss import policy_logprobs, ppo_loss
 from grace.models import load_policy, load_tokenizer
-from grace.prompts import PromptTemplate
+from grace.prompts import PromptTemplate, text_token_ids
 from grace.rewards import compute_rewards, within_group_std
 from grace.rollout import Role, RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
 from grace.tracking import METRICS_FILE, RunLogger
@@ -82,7 +82,7 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
         resolve_train_file(cfg),
         cfg.mode,
         on_error=cfg.data.on_error,
-        token_count=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+        token_count=lambda text: len(text_token_ids(tokenizer, text)),
         max_tokens=cfg.embedding.max_prompt_tokens - template.overhead,
         limit=cfg.data.limit,
         text_field=cfg.data.text_field,
