@@ -28,6 +28,7 @@ from grace.cache import CachedEmbedding, EmbeddingCache, canonical_config
 from grace.embedding import Decoding, EmbeddingConfig, embed
 from grace.models import cache_dir, count_parameters, load_policy
 from grace.prompts import PromptTemplate
+from grace.sources import resolve_source
 from grace.staging import check_replaceable, staged_directory
 from grace.texts import Texts, check_not_empty, text_batch
 
@@ -91,13 +92,14 @@ class GraceEncoder:
         batch_size: int = 16,
         cache: bool | str | Path = False,
     ) -> "GraceEncoder":
-        """Load a saved encoder, a training checkpoint or run directory, the packaged model or any instruct model.
+        """Load a saved encoder, a training checkpoint or run directory, the packaged model, a .gguf file (or a
+        directory holding one) or any instruct model: every form ``grace.sources`` accepts.
 
         Settings saved beside the weights are used unless ``document`` / ``query`` are given. ``cache``:
         ``True`` for the default embedding cache (under ``$GRACE_CACHE``), or a path to an SQLite file.
         """
         location = resolve_model_dir(source)
-        saved = read_encoder_settings(location) if location is not None else {}
+        saved = read_encoder_settings(location) if location is not None and location.is_dir() else {}
         model, tokenizer = load_policy(
             str(location) if location is not None else str(source),
             dtype=dtype,
@@ -302,17 +304,11 @@ def dtype_name(model: torch.nn.Module) -> str:
 
 
 def resolve_model_dir(source: str | Path) -> Path | None:
-    """A local directory to load: the directory itself, or the newest checkpoint of a training run."""
-    path = Path(source)
-    if not path.is_dir():
-        return None
-    if (path / "config.json").is_file():
-        return path
-    # Any finished model under checkpoints/step-N (staging directories are hidden, ".step-N-...").
-    steps = [p for p in (path / "checkpoints").glob("step-*") if p.name[5:].isdigit() and (p / "config.json").is_file()]
-    if steps:
-        return max(steps, key=lambda p: int(p.name[5:]))
-    raise FileNotFoundError(f"{path} is neither a model directory (no config.json) nor a training run (no checkpoints/)")
+    """The local model ``source`` names: a model directory (for a training run, its newest checkpoint) or a
+    .gguf file (also when ``source`` is a directory holding one); None for a packaged name, ``tiny-random``
+    or a hub id. Raises ``grace.sources.ModelSourceError`` for a path that is no model source."""
+    resolved = resolve_source(source)
+    return resolved.path if resolved.local else None
 
 
 def read_encoder_settings(directory: Path) -> dict:
