@@ -8,7 +8,6 @@ staging debris is removed by the next save. Only the newest ``keep_last`` checkp
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grace.embedding import EmbeddingConfig
 from grace.encoder import write_encoder_files
 from grace.staging import staged_directory
+from grace.sweep import readable_name
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "step-"
@@ -30,14 +30,14 @@ NAME_CHARS = 60  # of the run name kept in an encoder name
 def encoder_name(run_name: str, step: int) -> str:
     """``"<run name>-step-N"``: the name a checkpoint's encoder is saved under.
 
-    Run names are Hydra override strings, easily hundreds of characters, and evaluation turns the encoder
-    name into an mteb model name and a folder (at most 255 bytes). A long one is cut to ``NAME_CHARS``
-    and kept distinct from its siblings by 8 hex digits of the full name's hash; the trainer state keeps
-    the full name. No ``grace/`` prefix: the evaluation adapter adds it.
+    Run names come from Hydra override strings, easily hundreds of characters holding slashes, and
+    evaluation turns the encoder name into an mteb model name and a folder (at most 255 bytes). A long
+    name is cut to ``NAME_CHARS``, characters unsafe in a file name (``/`` included) become ``-``, and
+    either change adds 8 hex digits of the full name's hash to keep it distinct from its siblings
+    (``grace.sweep.readable_name``); the trainer state keeps the full name. No ``grace/`` prefix: the
+    evaluation adapter adds it.
     """
-    if len(run_name) > NAME_CHARS:
-        run_name = f"{run_name[:NAME_CHARS]}-{hashlib.sha256(run_name.encode()).hexdigest()[:8]}"
-    return f"{run_name}-step-{step}"
+    return f"{readable_name(run_name, NAME_CHARS)}-step-{step}"
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
