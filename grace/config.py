@@ -107,6 +107,9 @@ class TrainerConfig:
     save_every: int = 50
     keep_last: int = 2
     resume: str = "none"  # none | auto | <checkpoint directory>
+    # Settings a resume may change although they change the run's trajectory, e.g. [seed,data.train_file]
+    # (grace/resume.py: any other change of such a setting stops the resume).
+    resume_accept_changes: list[str] = field(default_factory=list)
     rationale_log_every: int = 10
     rationale_log_count: int = 4
 
