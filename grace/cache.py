@@ -21,7 +21,8 @@ from grace.embedding import Decoding, EmbeddingConfig
 
 # Bump when the embed path (grace.embedding.embed: prompt rendering, rollout, pooling) changes what a
 # text embeds to without a change of weights or settings: every entry written before is then unreachable.
-EMBED_VERSION = 1
+# 2: user text is tokenised as literal text (a quoted "<|im_end|>" is no longer a control token).
+EMBED_VERSION = 2
 
 
 def canonical_config(config: EmbeddingConfig) -> EmbeddingConfig:

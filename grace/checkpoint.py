@@ -1,14 +1,14 @@
 """Training checkpoints: ``<output_dir>/checkpoints/step-N/``, each one a loadable GRACE encoder.
 
 A checkpoint directory holds the model (safetensors) and tokenizer, ``grace_encoder.json`` (prompt,
-pooling, decoding: what ``GraceEncoder.from_pretrained`` reads) and ``trainer_state.pt`` (optimizer,
-scheduler, step, data position, RNG states). It is written into a hidden staging directory and renamed
-into place only when complete, so a run killed during a save leaves the previous checkpoint intact; the
-staging debris is removed by the next save. Only the newest ``keep_last`` checkpoints are kept.
+pooling, decoding: what ``GraceEncoder.from_pretrained`` reads), ``trainer_state.pt`` (optimizer,
+scheduler, step, data position, RNG states) and ``train_config.yaml`` (the resolved config it was trained
+with, which a resume is checked against: ``grace.resume``). It is written into a hidden staging directory
+and renamed into place only when complete, so a run killed during a save leaves the previous checkpoint
+intact; the staging debris is removed by the next save. Only the newest ``keep_last`` checkpoints are kept.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 from pathlib import Path
@@ -16,13 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.embedding import EmbeddingConfig
 from grace.encoder import write_encoder_files
 from grace.staging import staged_directory
+from grace.sweep import readable_name
 
 STATE_FILE = "trainer_state.pt"
+TRAIN_CONFIG_FILE = "train_config.yaml"
 _PREFIX = "step-"
 NAME_CHARS = 60  # of the run name kept in an encoder name
 
@@ -30,14 +33,14 @@ NAME_CHARS = 60  # of the run name kept in an encoder name
 def encoder_name(run_name: str, step: int) -> str:
     """``"<run name>-step-N"``: the name a checkpoint's encoder is saved under.
 
-    Run names are Hydra override strings, easily hundreds of characters, and evaluation turns the encoder
-    name into an mteb model name and a folder (at most 255 bytes). A long one is cut to ``NAME_CHARS``
-    and kept distinct from its siblings by 8 hex digits of the full name's hash; the trainer state keeps
-    the full name. No ``grace/`` prefix: the evaluation adapter adds it.
+    Run names come from Hydra override strings, easily hundreds of characters holding slashes, and
+    evaluation turns the encoder name into an mteb model name and a folder (at most 255 bytes). A long
+    name is cut to ``NAME_CHARS``, characters unsafe in a file name (``/`` included) become ``-``, and
+    either change adds 8 hex digits of the full name's hash to keep it distinct from its siblings
+    (``grace.sweep.readable_name``); the trainer state keeps the full name. No ``grace/`` prefix: the
+    evaluation adapter adds it.
     """
-    if len(run_name) > NAME_CHARS:
-        run_name = f"{run_name[:NAME_CHARS]}-{hashlib.sha256(run_name.encode()).hexdigest()[:8]}"
-    return f"{run_name}-step-{step}"
+    return f"{readable_name(run_name, NAME_CHARS)}-step-{step}"
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -83,7 +86,9 @@ def save_checkpoint(
     *,
     keep_last: int,
     name: str,
+    config: dict[str, Any] | None = None,
 ) -> Path:
+    """Write checkpoint ``step`` (``config``: the resolved training config, recorded as ``TRAIN_CONFIG_FILE``)."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     for debris in root.glob(f".{_PREFIX}*"):  # left by a save that was killed
@@ -94,6 +99,8 @@ def save_checkpoint(
     with staged_directory(target) as staging:
         write_encoder_files(staging, model, tokenizer, embedding, None, name)
         torch.save(trainer_state, staging / STATE_FILE)
+        if config is not None:
+            (staging / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     for old in complete_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target

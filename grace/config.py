@@ -17,15 +17,15 @@ from hydra.core.config_store import ConfigStore
 from grace.advantages import ESTIMATORS
 from grace.data.readers import check_source
 from grace.loss import AGGREGATIONS, KL_ESTIMATORS
-from grace.models import is_missing_model_path
 from grace.pooling import POOLING_METHODS
 from grace.prompts import GRACE_SYSTEM_PROMPT
 from grace.rewards import MODES, VARIANTS
+from grace.sources import ModelSourceError, resolve_source
 
 
 @dataclass
 class ModelConfig:
-    source: str = "packaged:smollm2-135m"  # packaged name, "tiny-random", local directory or hub id
+    source: str = "packaged:smollm2-135m"  # any form grace.sources accepts: packaged name, directory, .gguf, hub id
     dtype: str = "float32"  # weights: float32 | bfloat16
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     trust_remote_code: bool = False
@@ -107,6 +107,9 @@ class TrainerConfig:
     save_every: int = 50
     keep_last: int = 2
     resume: str = "none"  # none | auto | <checkpoint directory>
+    # Settings a resume may change although they change the run's trajectory, e.g. [seed,data.train_file]
+    # (grace/resume.py: any other change of such a setting stops the resume).
+    resume_accept_changes: list[str] = field(default_factory=list)
     rationale_log_every: int = 10
     rationale_log_count: int = 4
 
@@ -261,8 +264,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("algorithm.ppo_epochs must be at least 1")
     if t.resume not in ("none", "auto") and not Path(t.resume).is_dir():
         raise ConfigError(f"trainer.resume={t.resume!r}: no such checkpoint directory (or use 'auto' / 'none')")
-    if is_missing_model_path(cfg.model.source):  # the very check load_policy makes, before it loads anything
-        raise ConfigError(f"model.source={cfg.model.source!r}: no such model directory (or use a hub id or a model=... preset)")
+    try:
+        resolve_source(cfg.model.source)  # the very resolver load_policy uses, before it loads anything
+    except ModelSourceError as error:
+        raise ConfigError(f"model.source={cfg.model.source!r}: {error} (or a model=... preset)") from None
     if cfg.data.limit is not None and cfg.data.limit < t.batch_size:
         raise ConfigError(f"data.limit={cfg.data.limit} is below trainer.batch_size={t.batch_size}: one step needs that many examples")
 

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grace.pooling import check_pooling
 from grace.prompts import GRACE_SYSTEM_PROMPT, PromptTemplate
 from grace.rollout import Role, RoleSampling, RolloutRequest, rollout
+from grace.texts import Texts, check_not_empty, text_batch
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,17 @@ class EmbeddingConfig:
 
 @dataclass
 class EmbedOutput:
-    embeddings: torch.Tensor  # [N, H] float32 on CPU, L2-normalised
-    rationales: list[str]  # [N] the (first) rationale of each text; "" without rationale
-    truncated: torch.Tensor  # [N] bool, the (first) rationale hit max_new_tokens without EOS
-    sample_rationales: list[list[str]] = field(default_factory=list)  # [N][num_samples] when num_samples > 1
+    """For a batch of N texts; for one ``str`` (see ``grace.texts``) the leading N axis is dropped."""
+
+    embeddings: torch.Tensor  # [N, H] float32 on CPU, L2-normalised ([H] for one str)
+    rationales: list[str] | str  # [N] the (first) rationale of each text; "" without rationale (a str for one str)
+    truncated: torch.Tensor  # [N] bool, the (first) rationale hit max_new_tokens without EOS ([] for one str)
+    sample_rationales: list = field(default_factory=list)  # [N][num_samples] str when num_samples > 1 ([num_samples])
+
+    def single(self) -> "EmbedOutput":
+        """The output of a batch of one, for one text."""
+        samples = self.sample_rationales[0] if self.sample_rationales else []
+        return EmbedOutput(self.embeddings[0], self.rationales[0], self.truncated[0], samples)
 
 
 def text_seed(seed: int, text: str, sample: int) -> int:
@@ -80,17 +88,20 @@ def text_seed(seed: int, text: str, sample: int) -> int:
 def embed(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
+    texts: Texts,
     config: EmbeddingConfig = EmbeddingConfig(),
     *,
     batch_size: int = 16,
     template: PromptTemplate | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EmbedOutput:
-    """Embed ``texts``; identical texts are computed once. ``progress(n)`` is called after each batch."""
-    for index, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"text {index} is empty: every text needs some content to embed")
+    """Embed ``texts`` (one ``str`` or a batch, see ``grace.texts``); identical texts are computed once.
+
+    ``progress(n)`` is called after each batch. Raises ``TypeError`` for what is not text and ``ValueError``
+    naming the index of an empty text.
+    """
+    texts, one = text_batch(texts)
+    check_not_empty(texts)
     template = template or PromptTemplate.build(tokenizer, config.system_prompt)
     decoding = config.decoding
     sampling = RoleSampling(
@@ -130,12 +141,13 @@ def embed(
             truncated[text] = bool(batch.truncated[i * k])
         if progress is not None:
             progress(len(chunk))
-    return EmbedOutput(
+    out = EmbedOutput(
         embeddings=torch.stack([embeddings[t] for t in texts]) if texts else torch.zeros(0, 0),
         rationales=[rationales[t][0] for t in texts],
         truncated=torch.tensor([truncated[t] for t in texts], dtype=torch.bool),
         sample_rationales=[rationales[t] for t in texts] if decoding.num_samples > 1 else [],
     )
+    return out.single() if one else out
 
 
 def _decode_rationales(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

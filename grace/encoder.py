@@ -3,6 +3,7 @@
     encoder = GraceEncoder.from_pretrained("outputs/run/checkpoints/step-100")
     vectors = encoder.encode(["a text", "another"])      # [2, H] float32, L2-normalised
     reasons = encoder.explain(["a text"])                 # the rationale behind each embedding
+    vector = encoder.encode("a text")                     # one str is one text: [H] (see grace.texts)
 
 A saved encoder is a plain transformers model directory (safetensors weights, tokenizer) plus
 ``grace_encoder.json``, the embedding settings: system prompt, pooling, decoding and length limits,
@@ -27,7 +28,9 @@ from grace.cache import CachedEmbedding, EmbeddingCache, canonical_config
 from grace.embedding import Decoding, EmbeddingConfig, embed
 from grace.models import cache_dir, count_parameters, load_policy
 from grace.prompts import PromptTemplate
+from grace.sources import resolve_source
 from grace.staging import check_replaceable, staged_directory
+from grace.texts import Texts, check_not_empty, text_batch
 
 ENCODER_CONFIG_FILE = "grace_encoder.json"
 # 2: records the dtype, and the fingerprint hashes shapes too (a version-1 fingerprint is not comparable).
@@ -39,9 +42,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EncodeResult:
-    embeddings: np.ndarray  # [N, H] float32, L2-normalised
-    rationales: list[str]  # [N] rationale behind each embedding ("" without rationale)
-    truncated: np.ndarray  # [N] bool, the rationale hit its length limit
+    """For a batch of N texts; for one ``str`` (see ``grace.texts``) the leading N axis is dropped."""
+
+    embeddings: np.ndarray  # [N, H] float32, L2-normalised ([H] for one str)
+    rationales: list[str] | str  # [N] rationale behind each embedding ("" without rationale; a str for one str)
+    truncated: np.ndarray  # [N] bool, the rationale hit its length limit ([] for one str)
 
 
 class GraceEncoder:
@@ -87,13 +92,14 @@ class GraceEncoder:
         batch_size: int = 16,
         cache: bool | str | Path = False,
     ) -> "GraceEncoder":
-        """Load a saved encoder, a training checkpoint or run directory, the packaged model or any instruct model.
+        """Load a saved encoder, a training checkpoint or run directory, the packaged model, a .gguf file (or a
+        directory holding one) or any instruct model: every form ``grace.sources`` accepts.
 
         Settings saved beside the weights are used unless ``document`` / ``query`` are given. ``cache``:
         ``True`` for the default embedding cache (under ``$GRACE_CACHE``), or a path to an SQLite file.
         """
         location = resolve_model_dir(source)
-        saved = read_encoder_settings(location) if location is not None else {}
+        saved = read_encoder_settings(location) if location is not None and location.is_dir() else {}
         model, tokenizer = load_policy(
             str(location) if location is not None else str(source),
             dtype=dtype,
@@ -129,30 +135,31 @@ class GraceEncoder:
 
     # ------------------------------------------------------------------ encoding
 
-    def encode(self, texts: list[str], *, role: str = "document", batch_size: int | None = None, **overrides) -> np.ndarray:
-        """[N, H] float32 L2-normalised embeddings. ``overrides``: EmbeddingConfig fields (rationale, decoding, ...)."""
+    def encode(self, texts: Texts, *, role: str = "document", batch_size: int | None = None, **overrides) -> np.ndarray:
+        """[N, H] float32 L2-normalised embeddings ([H] for one str: ``grace.texts`` says what ``texts`` may be).
+        ``overrides``: EmbeddingConfig fields (rationale, decoding, ...)."""
         return self.encode_with_rationales(texts, role=role, batch_size=batch_size, **overrides).embeddings
 
-    def explain(self, texts: list[str], *, role: str = "document", **overrides) -> list[str]:
-        """The rationale the model writes for each text: what its embedding is made of."""
+    def explain(self, texts: Texts, *, role: str = "document", **overrides) -> list[str] | str:
+        """The rationale the model writes for each text: what its embedding is made of (one str for one str)."""
         return self.encode_with_rationales(texts, role=role, **overrides).rationales
 
     def encode_with_rationales(
         self,
-        texts: list[str],
+        texts: Texts,
         *,
         role: str = "document",
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         **overrides,
     ) -> EncodeResult:
+        """Embeddings, rationales and truncation flags of ``texts`` (one str or a batch, see ``grace.texts``)
+        from one pass. Raises ``TypeError`` for what is not text, ``ValueError`` naming an empty text's index."""
         # Embedded with the canonical settings, so a cached entry and a fresh computation agree bit for bit
         # (and no k identical "samples" are computed for a text without a rationale).
         config = canonical_config(self.config_for(role, **overrides))
-        texts = list(texts)
-        for index, text in enumerate(texts):  # before de-duplication, so the index is the caller's
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"text {index} is empty: every text needs some content to embed")
+        texts, one = text_batch(texts)
+        check_not_empty(texts)  # before de-duplication, so the index is the caller's
         unique = list(dict.fromkeys(texts))
         found: dict[str, CachedEmbedding] = {}
         keys: dict[str, str] = {}
@@ -183,6 +190,9 @@ class GraceEncoder:
             found.update(computed)
         if not texts:
             return EncodeResult(np.zeros((0, self.embedding_dim), np.float32), [], np.zeros(0, bool))
+        if one:
+            entry = found[texts[0]]
+            return EncodeResult(entry.embedding.astype(np.float32), entry.rationale, np.array(entry.truncated))
         return EncodeResult(
             embeddings=np.stack([found[t].embedding for t in texts]).astype(np.float32),
             rationales=[found[t].rationale for t in texts],
@@ -294,17 +304,11 @@ def dtype_name(model: torch.nn.Module) -> str:
 
 
 def resolve_model_dir(source: str | Path) -> Path | None:
-    """A local directory to load: the directory itself, or the newest checkpoint of a training run."""
-    path = Path(source)
-    if not path.is_dir():
-        return None
-    if (path / "config.json").is_file():
-        return path
-    # Any finished model under checkpoints/step-N (staging directories are hidden, ".step-N-...").
-    steps = [p for p in (path / "checkpoints").glob("step-*") if p.name[5:].isdigit() and (p / "config.json").is_file()]
-    if steps:
-        return max(steps, key=lambda p: int(p.name[5:]))
-    raise FileNotFoundError(f"{path} is neither a model directory (no config.json) nor a training run (no checkpoints/)")
+    """The local model ``source`` names: a model directory (for a training run, its newest checkpoint) or a
+    .gguf file (also when ``source`` is a directory holding one); None for a packaged name, ``tiny-random``
+    or a hub id. Raises ``grace.sources.ModelSourceError`` for a path that is no model source."""
+    resolved = resolve_source(source)
+    return resolved.path if resolved.local else None
 
 
 def read_encoder_settings(directory: Path) -> dict:

@@ -9,6 +9,10 @@ before the user text, the user text, the template text after it (with the genera
 templates put special tokens or newlines at these boundaries, so the concatenation equals tokenising
 the whole string (tested for the packaged model). Over-long texts are cut inside the user text, never
 in the template: the official code cut the assistant header off long prompts.
+
+User text is literal text (``text_token_ids``): a text that quotes a control token, e.g. ``<|im_end|>``,
+gets the ordinary tokens of those characters, so only the chat template writes control tokens and no
+text can end its own turn or forge an assistant header before the rationale.
 """
 from __future__ import annotations
 
@@ -43,6 +47,16 @@ class Prompt:
     input_truncated: bool  # the user text was cut to fit max_prompt_tokens
 
 
+def text_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of user text as literal text: every use of a text's tokens (prompts, token budgets) goes here.
+
+    A special-token string inside the text (``"<|im_end|>"``, ``"<|im_start|>assistant"``) is split into
+    ordinary tokens, as the characters they are (transformers' ``split_special_tokens=True``, honoured by
+    fast and Python tokenizers), instead of becoming the control token that ends a turn.
+    """
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """The template pieces around the user text, tokenised once per tokenizer and system prompt."""
@@ -66,6 +80,13 @@ class PromptTemplate:
             # the system block then ends right after the end-of-turn that follows the system prompt.
             end = before.find(system_prompt) + len(system_prompt)
             system_only = before[:end] if end >= len(system_prompt) else ""
+        forged = sorted((t for t in tokenizer.all_special_tokens if t in system_prompt), key=system_prompt.find)
+        if forged:
+            raise ValueError(
+                f"the system prompt contains {forged[0]!r}, a control token of {tokenizer.name_or_path!r}: only the "
+                "chat template may write control tokens; take it out of the system prompt"
+            )
+        # The template's own pieces: here, and only here, control-token strings become control tokens.
         encode = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
         return cls(encode(system_only), encode(before[len(system_only) :]), encode(after))
 
@@ -86,10 +107,12 @@ def render_prompt(
     Surrounding whitespace is stripped: it carries no meaning, and BPE tokenizers merge it with the
     template's newline ("\\n " is one token), which would make the span boundary tokenisation-dependent.
     """
-    text = text.strip() if isinstance(text, str) else text
+    if not isinstance(text, str):
+        raise TypeError(f"a text must be a str, got {type(text).__name__}")
+    text = text.strip()
     if not text:
         raise ValueError("cannot embed an empty text")
-    text_ids = tokenizer.encode(text, add_special_tokens=False)
+    text_ids = text_token_ids(tokenizer, text)
     truncated = False
     if max_prompt_tokens is not None:
         budget = max_prompt_tokens - template.overhead

@@ -32,6 +32,7 @@ import numpy as np
 from grace.embedding import EmbeddingConfig
 from grace.encoder import GraceEncoder
 from grace.staging import check_replaceable, staged_directory
+from grace.texts import Texts, text_batch
 
 INDEX_FILE = "index.faiss"
 DOCUMENTS_FILE = "documents.jsonl"
@@ -205,10 +206,10 @@ class IndexManifest:
 
 def build_index(
     encoder: GraceEncoder,
-    texts: Sequence[str],
+    texts: Texts,
     directory: str | Path,
     *,
-    ids: Sequence[str] | None = None,
+    ids: Sequence[str] | str | None = None,
     spec: IndexSpec = IndexSpec(),
     source: str | None = None,
     corpus: dict[str, Any] | None = None,
@@ -217,12 +218,15 @@ def build_index(
 ) -> "RetrievalIndex":
     """Embed ``texts`` as documents and write an index directory (replacing an index already there).
 
-    ``ids``: one unique id per text (default: "0", "1", ...). ``source``: what to reload the encoder
-    from at search time (default: the encoder's name). The corpus is embedded ``chunk_size`` texts at a
+    ``texts``: the documents, one ``str`` being one document (``grace.texts``). ``ids``: one unique id per
+    text (default: "0", "1", ...); a ``str`` is the id of one document, never one id per character.
+    ``source``: what to reload the encoder from at search time (default: the encoder's name). The corpus is embedded ``chunk_size`` texts at a
     time, so with an embedding cache a killed build loses at most one chunk when run again, and a
     second build of the same corpus never runs the model. ``progress(n)``: n more texts embedded.
     """
-    texts = list(texts)
+    texts, _ = text_batch(texts)
+    if isinstance(ids, str):
+        ids = [ids]
     ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
     check_corpus(texts, ids)
     spec = spec.resolved(len(texts))
@@ -409,18 +413,20 @@ class RetrievalIndex:
     def search(
         self,
         encoder: GraceEncoder,
-        queries: Sequence[str],
+        queries: Texts,
         k: int = 10,
         *,
         query_settings: EmbeddingConfig | None = None,
         same_weights: bool = True,
-    ) -> list[SearchResult]:
+    ) -> list[SearchResult] | SearchResult:
         """Top-``k`` documents for each query, best first; queries are embedded with the index's query
-        settings (or ``query_settings``), the ones recorded when it was built."""
+        settings (or ``query_settings``), the ones recorded when it was built. One ``str`` is one query and
+        gets one ``SearchResult`` back; a batch gets a list (``grace.texts``)."""
+        queries, one = text_batch(queries, name="queries")
         self.check_encoder(encoder, same_weights=same_weights)
         settings = query_settings or self.manifest.query
         embedded = encoder.encode_with_rationales(
-            list(queries), role="query", **{f.name: getattr(settings, f.name) for f in fields(settings)}
+            queries, role="query", **{f.name: getattr(settings, f.name) for f in fields(settings)}
         )
         scores, rows = self.search_vectors(embedded.embeddings, k)
         results = []
@@ -430,7 +436,7 @@ class RetrievalIndex:
                 for rank, (score, row) in enumerate((s, r) for s, r in zip(scores[q], rows[q]) if r >= 0)
             ]
             results.append(SearchResult(query, embedded.rationales[q], bool(embedded.truncated[q]), hits))
-        return results
+        return results[0] if one else results
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """faiss search: ``(scores [Q, k], rows [Q, k])``; row -1 marks a missing hit (approximate indexes)."""

@@ -1,8 +1,9 @@
 """``grace-train``: the Hydra entry point of the trainer (``python -m grace.train`` works too).
 
 Everything Hydra-specific lives here: composing ``conf/train.yaml`` with the typed schema, naming the
-job's output directory and wandb run from its overrides, and making sure a multirun job that fails
-still closes its wandb run (the trainer does that in a ``finally``) without taking the sweep down.
+job's output directory and wandb run from its overrides (flat, bounded names: ``grace.sweep``), and making
+sure a multirun job that fails still closes its wandb run (the trainer does that in a ``finally``)
+without taking the sweep down.
 
 A user's mistake (a setting, the data, a model that cannot be loaded) ends a single run with one line
 ``grace-train: ...`` and exit code 2. Under multirun the same line is printed and the error re-raised:
@@ -22,25 +23,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from grace.config import ConfigError, TrainConfig, register_configs
 from grace.data.errors import DataError
+from grace.sweep import job_dirname, job_label, record_job, register_resolver
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
+register_resolver()  # hydra.sweep.subdir: ${grace.job_dir:...}
 
 
 def _job_identity(cfg: TrainConfig) -> tuple[Path, str, str | None]:
     """(output directory, run name, run group) for this Hydra job."""
     hydra_cfg = HydraConfig.get()
-    overrides = hydra_cfg.job.override_dirname or "default"
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if cfg.trainer.output_dir is None:
         output_dir = Path(hydra_cfg.runtime.output_dir)
     elif multirun:  # an explicit directory shared by a sweep: one sub-directory per job
-        output_dir = Path(cfg.trainer.output_dir) / f"{hydra_cfg.job.num}_{overrides}"
+        output_dir = Path(cfg.trainer.output_dir) / job_dirname(hydra_cfg.job.num, hydra_cfg.job.override_dirname)
     else:
         output_dir = Path(cfg.trainer.output_dir)
     # The sweep directory's last two parts, "2025-01-31/14-02-11" by default: the time alone repeats daily.
     group = "/".join(Path(hydra_cfg.sweep.dir).parts[-2:]) if multirun else None
-    return output_dir, overrides, group
+    return output_dir, job_label(hydra_cfg.job.override_dirname), group
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -50,12 +52,15 @@ def _main(dict_cfg: DictConfig) -> None:
     cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
     output_dir, name, group = _job_identity(cfg)
     try:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            record_job(output_dir, HydraConfig.get())  # the full overrides: the directory name may be cut
         result = train(cfg, output_dir, run_name=name, run_group=group)
     except (ConfigError, DataError, OSError) as error:
         kind = "invalid configuration: " if isinstance(error, ConfigError) else ""
         message = " ".join(str(error).split())  # one line: transformers' messages span several
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            print(f"grace-train: job {HydraConfig.get().job.num} ({name}) failed: {kind}{message}", file=sys.stderr)
+            job = HydraConfig.get().job  # named by its overrides in full: the run name may be cut
+            print(f"grace-train: job {job.num} ({job.override_dirname}) failed: {kind}{message}", file=sys.stderr)
             raise
         print(f"grace-train: {kind}{message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -46,7 +46,8 @@ from grace.data.stream import ExampleStream
 from grace.embedding import Decoding, EmbeddingConfig
 from grace.loss import policy_logprobs, ppo_loss
 from grace.models import load_policy, load_tokenizer
-from grace.prompts import PromptTemplate
+from grace.prompts import PromptTemplate, text_token_ids
+from grace.resume import check_resume, record_start, resolved_config
 from grace.rewards import compute_rewards, within_group_std
 from grace.rollout import Role, RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
 from grace.tracking import METRICS_FILE, RunLogger
@@ -66,9 +67,10 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
     output_dir = Path(output_dir)
     check_output_dir(cfg, output_dir)
     resume_from = find_resume_checkpoint(cfg, output_dir)
+    check_resume(cfg, resume_from)  # the settings it was trained with, against these
     policy_source = str(resume_from or cfg.model.source)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    record_start(cfg, output_dir, resume_from)  # config.yaml, and configs/start-N.yaml of every start
     device = resolve_device(cfg.model.device)
     torch.manual_seed(cfg.seed)
 
@@ -82,7 +84,7 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
         resolve_train_file(cfg),
         cfg.mode,
         on_error=cfg.data.on_error,
-        token_count=lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+        token_count=lambda text: len(text_token_ids(tokenizer, text)),
         max_tokens=cfg.embedding.max_prompt_tokens - template.overhead,
         limit=cfg.data.limit,
         text_field=cfg.data.text_field,
@@ -146,7 +148,10 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
             "run_name": run_label,  # in full: the encoder's name is cut short to serve as a folder name
         }
         name = encoder_name(run_label, at_step)
-        return save_checkpoint(output_dir, at_step, model, tokenizer, embedding, state, keep_last=cfg.trainer.keep_last, name=name)
+        return save_checkpoint(
+            output_dir, at_step, model, tokenizer, embedding, state, keep_last=cfg.trainer.keep_last, name=name,
+            config=resolved_config(cfg),
+        )
 
     last = latest_checkpoint(output_dir)
     exit_code = 1

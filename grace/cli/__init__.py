@@ -100,7 +100,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     parser.add_argument(
         "--model",
         required=required,
-        help="saved encoder or training run directory, 'packaged:smollm2-135m', 'tiny-random' (tests), or a hub id"
+        help="saved encoder or training run directory, a .gguf file or a directory holding one, "
+        "'packaged:smollm2-135m', 'tiny-random' (tests), or a hub id"
         + ("" if required else " (default: the encoder recorded in the index)"),
     )
     parser.add_argument("--batch-size", type=int, default=16, help="texts per generation batch (default 16)")
@@ -171,8 +172,8 @@ def report_error(program: str, error: BaseException) -> int:
 
 
 def model_source(source: str) -> str:
-    """What to record so that a later command reloads the very same model: a local directory becomes the
-    absolute path of the checkpoint it resolves to (a training run's newest one may change later)."""
+    """What to record so that a later command reloads the very same model: a local path becomes the absolute
+    path of the checkpoint or .gguf file it resolves to (a training run's newest checkpoint may change later)."""
     location = resolve_model_dir(source)
     return str(location.resolve()) if location is not None else source
 

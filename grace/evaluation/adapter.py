@@ -40,6 +40,7 @@ from grace.cache import EMBED_VERSION, canonical_config
 from grace.embedding import EmbeddingConfig
 from grace.encoder import ROLES, GraceEncoder
 from grace.models import PACKAGED_SMOLLM2
+from grace.texts import check_not_empty, text_batch
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -145,11 +146,15 @@ class GraceMtebEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        """[N, H] float32 L2-normalised embeddings of the ``"text"`` of every batch, in order."""
-        texts = [text for batch in inputs for text in batch["text"]]
-        for index, text in enumerate(texts):  # all checked up front: chunk 9 must not fail after hours of 1-8
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{task_metadata.name} ({hf_subset}, {hf_split}): text {index} is empty")
+        """[N, H] float32 L2-normalised embeddings of the ``"text"`` of every batch, in order.
+
+        A batch's ``"text"`` follows ``grace.texts``: a list of strings, or one ``str`` (an unbatched loader).
+        """
+        where = f"{task_metadata.name} ({hf_subset}, {hf_split})"
+        texts: list[str] = []
+        for number, batch in enumerate(inputs):
+            texts += text_batch(batch["text"], name=f"{where}: batch {number} text")[0]
+        check_not_empty(texts, where)  # all checked up front: chunk 9 must not fail after hours of 1-8
         role = "query" if prompt_type == PromptType.query else "document"
         config = self.configs[role]
         unique = list(dict.fromkeys(texts))

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from grace.evaluation.config import EvaluateConfig
 from grace.evaluation.report import ComparisonTable
 from grace.evaluation.runner import evaluate_encoders
+from grace.sweep import register_resolver
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 SCHEMA_NAME = "evaluate_schema"
@@ -30,6 +31,7 @@ SCHEMA_NAME = "evaluate_schema"
 logger = logging.getLogger(__name__)
 
 ConfigStore.instance().store(name=SCHEMA_NAME, node=EvaluateConfig)
+register_resolver()  # hydra.sweep.subdir: ${grace.job_dir:...}
 
 
 def run(cfg: DictConfig | EvaluateConfig) -> ComparisonTable:

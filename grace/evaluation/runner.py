@@ -39,6 +39,7 @@ from grace.evaluation.reference import load_sentence_transformer
 from grace.evaluation.report import ComparisonTable, EncoderResult
 from grace.evaluation.tasks import SMALL_SUITE, get_tasks
 from grace.models import PACKAGED_SMOLLM2
+from grace.sources import resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ def evaluate_encoders(
         raise ValueError("no encoders to evaluate")
     output_dir = Path(output_dir)
     task_names = [task.metadata.name for task in get_tasks(list(tasks))]  # unknown names fail before loading
+    for spec in specs:  # so do model sources that are none of the accepted forms
+        if spec.kind == "grace" and getattr(spec, "encoder", None) is None:
+            resolve_source(spec.source)
     results_cache = mteb.ResultCache(settings.results_dir or output_dir / "mteb")
     table = ComparisonTable(
         tasks=task_names,
