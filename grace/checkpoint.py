@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grace.embedding import EmbeddingConfig
 from grace.encoder import write_encoder_files
 from grace.staging import staged_directory
-from grace.sweep import readable_name
+from grace.job_names import readable_name
 
 STATE_FILE = "trainer_state.pt"
 TRAIN_CONFIG_FILE = "train_config.yaml"
@@ -37,7 +37,7 @@ def encoder_name(run_name: str, step: int) -> str:
     evaluation turns the encoder name into an mteb model name and a folder (at most 255 bytes). A long
     name is cut to ``NAME_CHARS``, characters unsafe in a file name (``/`` included) become ``-``, and
     either change adds 8 hex digits of the full name's hash to keep it distinct from its siblings
-    (``grace.sweep.readable_name``); the trainer state keeps the full name. No ``grace/`` prefix: the
+    (``grace.job_names.readable_name``); the trainer state keeps the full name. No ``grace/`` prefix: the
     evaluation adapter adds it.
     """
     return f"{readable_name(run_name, NAME_CHARS)}-step-{step}"

@@ -1,7 +1,7 @@
 """``grace-train``: the Hydra entry point of the trainer (``python -m grace.train`` works too).
 
 Everything Hydra-specific lives here: composing ``conf/train.yaml`` with the typed schema, naming the
-job's output directory and wandb run from its overrides (flat, bounded names: ``grace.sweep``), and making
+job's output directory and wandb run from its overrides (flat, bounded names: ``grace.job_names``), and making
 sure a multirun job that fails still closes its wandb run (the trainer does that in a ``finally``)
 without taking the sweep down.
 
@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grace.config import ConfigError, TrainConfig, register_configs
 from grace.data.errors import DataError
-from grace.sweep import job_dirname, job_label, record_job, register_resolver
+from grace.job_names import job_dirname, job_label, record_job, register_resolver
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()

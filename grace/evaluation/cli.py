@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from grace.evaluation.config import EvaluateConfig
 from grace.evaluation.report import ComparisonTable
 from grace.evaluation.runner import evaluate_encoders
-from grace.sweep import register_resolver
+from grace.job_names import register_resolver
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 SCHEMA_NAME = "evaluate_schema"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from grace.checkpoint import encoder_name
-from grace.sweep import DIR_CHARS, JOB_FILE, LABEL_CHARS, job_dirname, job_label, readable_name
+from grace.job_names import DIR_CHARS, JOB_FILE, LABEL_CHARS, job_dirname, job_label, readable_name
 
 from test_train_cli import SMALL, grace_train
 
@@ -108,7 +108,7 @@ def test_hydras_own_job_directory_is_flat_and_bounded_for_long_awkward_values(tm
 
 @pytest.mark.parametrize("config_name, register", [("train", "grace.train"), ("evaluate", "grace.evaluation.cli")])
 def test_both_apps_name_their_sweep_jobs_with_the_resolver(config_name, register):
-    """conf/train.yaml and conf/evaluate.yaml: hydra.sweep.subdir goes through grace.sweep.job_dirname."""
+    """conf/train.yaml and conf/evaluate.yaml: hydra.sweep.subdir goes through grace.job_names.job_dirname."""
     import importlib
 
     from hydra import compose, initialize_config_dir
