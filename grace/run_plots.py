@@ -95,15 +95,19 @@ def draw(spec: FigureSpec, runs: Sequence[Series], path: Path) -> Path:
     axes = figure.subplots(rows, columns, squeeze=False).flatten()
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for ax, (key, title) in zip(axes, spec.panels):
+        all_steps: set[int] = set()
         for run, colour in zip(runs, colours):
             points = run.values.get(key)
             if not points:
                 continue
             steps, values = zip(*points)
+            all_steps.update(steps)
             ax.plot(steps, values, color=colour, label=run.label, marker="o" if len(points) <= 20 else None, markersize=3, linewidth=1.2)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(all_steps) == 1:  # one step: a tick at it, not fractions around it
+            ax.set_xticks(sorted(all_steps))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes[len(spec.panels) :]:

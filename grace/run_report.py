@@ -240,7 +240,8 @@ def _number(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|")
+    """A table cell: floats to 4 significant digits (sampled values carry 17), ``|`` escaped."""
+    return (f"{value:.4g}" if isinstance(value, float) else str(value)).replace("|", "\\|")
 
 
 class SweepReport(Callback):
