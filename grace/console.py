@@ -2,8 +2,9 @@
 
 ``quiet_third_party`` silences output that tells a user of ``grace-train`` / ``grace-eval`` nothing they
 can act on: transformers' weight-loading and shard-writing bars, mteb's per-task INFO lines and its
-task bar (the adapter shows one bar per task and role), huggingface_hub download bars, and transformers'
-"Running in WANDB offline mode" line. Warnings and errors still show.
+task bar (the adapter shows one bar per task and role), huggingface_hub download bars, sklearn's
+ill-defined-precision warning from mteb's classifier probe, and transformers' "Running in WANDB offline
+mode" line. Other warnings and errors still show.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ def quiet_third_party() -> None:
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
-    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"; its warnings stay
     disable_progress_bars()
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

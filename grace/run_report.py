@@ -131,12 +131,11 @@ def chosen_steps(run: Run, steps: Sequence[int]) -> list[int]:
 def write_report(paths: Sequence[Path], out: Path | None = None, *, sample_steps: Sequence[int] = ()) -> Path:
     """Write the report of the runs at (or under) ``paths`` into ``out``; returns ``out/report.md``.
 
-    ``out`` defaults to ``<run>/report`` for one run given directly, else ``<common parent>/report``.
+    ``out`` defaults to ``<path>/report`` for one path (a run or a sweep), else ``<common parent>/report``.
     """
     run_paths = find_runs([Path(p) for p in paths])
     if out is None:
-        base = run_paths[0] if len(paths) == 1 and len(run_paths) == 1 else Path(os.path.commonpath([Path(p).resolve() for p in paths]))
-        out = base / "report"
+        out = (Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath([Path(p).resolve() for p in paths]))) / "report"
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(path, label) for path, label in zip(run_paths, _labels(run_paths))]
     figures = draw_all([Series.from_rows(run.label, run.metrics) for run in runs], out)
@@ -262,7 +261,7 @@ class SweepReport(Callback):
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="grace-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories, or sweep directories holding runs")
-    parser.add_argument("-o", "--out", type=Path, help="output folder (default: <run>/report, or <common parent>/report)")
+    parser.add_argument("-o", "--out", type=Path, help="output folder (default: <path>/report for one path, else <common parent>/report)")
     parser.add_argument("--steps", type=int, nargs="+", default=[], help="steps whose sample rationales to show (default: first, middle, last)")
     args = parser.parse_args(argv)
     try:

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from grace.config import ConfigError, TrainConfig, register_configs, validate
+from grace.config import ConfigError, TrainConfig, register_configs
 from grace.console import quiet_third_party
 from grace.data.errors import DataError
 from grace.finish import Finisher, check_final_eval_tasks
@@ -61,7 +61,6 @@ def _main(dict_cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     finisher = Finisher(cfg, sweeping=multirun)
     try:
-        validate(cfg)
         check_final_eval_tasks(cfg)  # an unknown task or unreachable data must not wait for the end of training
         result = train(cfg, output_dir, run_name=name, run_group=group, after_training=finisher.after_training)
     except (ConfigError, DataError, OSError) as error:

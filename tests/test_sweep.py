@@ -15,9 +15,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
 from grace.config import ConfigError, validate
 from grace.evaluation.report import ComparisonTable
+from grace.finish import Finisher
+from grace.train import CONF_DIR
 from grace.sweep import (
     MetricNotFound,
     find_divergence,
@@ -103,10 +106,42 @@ def test_impossible_sweep_settings_fail_at_start_up(overrides, message):
         validate(compose_config(*overrides))
 
 
+def test_a_job_that_crashed_after_diverging_gets_the_worst_value_and_any_other_crash_none(tmp_path):
+    """grace-train's handler for a job that raised: a NaN first means a bad trial (worst value), else a bug."""
+    finisher = Finisher(compose_config("sweep.direction=minimize"), sweeping=True)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    assert finisher.diverged_value(tmp_path) is None
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({**ROWS[1], "loss/policy": float("nan")}) + "\n")
+    assert finisher.diverged_value(tmp_path) == 1e9 and str(finisher.divergence) == "loss/policy = nan at step 2"
+
+
 def test_sqlite_storage_makes_the_folder_and_an_absolute_url(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     url = sqlite_storage("multirun/search/x/study.sqlite")
     assert url == f"sqlite:///{tmp_path}/multirun/search/x/study.sqlite" and (tmp_path / "multirun/search/x").is_dir()
+
+
+def _compose_with_hydra(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_the_shipped_search_composes_with_its_study_file_and_the_sweep_direction(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _compose_with_hydra("hparams_search=grace_optuna", "sweep.direction=minimize", "sweep.metric=final_eval/GraceLeeSTS")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper.direction == "minimize" and sweeper.storage == f"sqlite:///{tmp_path}/multirun/search/grace/study.sqlite"
+    assert set(sweeper.params) == {"reward.tau", "reward.w_cluster", "reward.w_cross", "trainer.lr", "rollout.max_new_tokens"}
+    assert cfg.final_eval.enabled and cfg.hydra.mode.name == "MULTIRUN"
+    validate(compose_config("hparams_search=grace_optuna"))  # the job's side of it is a valid training config
+
+
+def test_the_slurm_launcher_example_composes_into_submitit_with_one_gpu_per_job():
+    launcher = _compose_with_hydra("hydra/launcher=slurm_gpu", "hydra.launcher.partition=gpu").hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (1, 1, "gpu")
+    assert launcher.submitit_folder.endswith(".submitit/%j")
 
 
 def _trial_value(trial: Path) -> float:
