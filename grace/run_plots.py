@@ -58,15 +58,18 @@ def figure_specs(keys: Sequence[str]) -> list[FigureSpec]:
     specs: list[FigureSpec] = []
     terms = reward_terms(keys)
     if terms:
-        panels = [(f"reward/{t}{suffix}", f"{t}: {what}") for t in terms for suffix, what in (("_mean", "mean"), ("_within_group_std", "within-group std"))]
+        columns = (("_mean", "mean"), ("_within_group_std", "within-group std"))
+        panels = [(f"reward/{t}{suffix}", f"{t}: {what}") for t in terms for suffix, what in columns]
         specs.append(FigureSpec("reward_terms.png", "Reward terms: mean and within-group std", panels))
     by_role = [(key, key.removeprefix("reward/total_mean_") + ": mean total reward") for key in keys if key.startswith("reward/total_mean_")]
     if by_role:
         specs.append(FigureSpec("reward_by_role.png", "Total reward by role", by_role))
     fixed = [
         ("advantages.png", "Advantages", ["advantage/mean", "advantage/std", "advantage/abs_mean", "advantage/nonzero_fraction"]),
-        ("rationales.png", "Rationale length and truncation", ["rollout/rationale_length_mean", "rollout/rationale_length_max", "rollout/truncation_rate", "rollout/input_truncation_rate"]),
-        ("policy.png", "Policy update: KL, entropy, loss, clipping", ["loss/kl", "loss/entropy", "loss/policy", "loss/clip_fraction", "loss/ratio_max", "optim/grad_norm", "optim/lr"]),
+        ("rationales.png", "Rationale length and truncation",
+         ["rollout/rationale_length_mean", "rollout/rationale_length_max", "rollout/truncation_rate", "rollout/input_truncation_rate"]),
+        ("policy.png", "Policy update: KL, entropy, loss, clipping",
+         ["loss/kl", "loss/entropy", "loss/policy", "loss/clip_fraction", "loss/ratio_max", "optim/grad_norm", "optim/lr"]),
         ("timing.png", "Time per step", ["time/step_seconds", "time/rollout_seconds", "time/generated_tokens_per_second"]),
     ]  # fmt: skip
     for file, title, wanted in fixed:

@@ -182,7 +182,10 @@ def _runs_section(runs: Sequence[Run], out: Path) -> list[str]:
         cells += [_number(None if run.final_mean is None else 100 * run.final_mean), _number(_sweep_value(run))]
         cells += [_cell(run.config.get(key)) for key in differing]
         lines.append("| " + " | ".join(cells) + " |")
-    note = "Final eval mean: the trained row of each run's before/after table, x100. Columns after `sweep value`: the settings that differ between the runs."
+    note = (
+        "Final eval mean: the trained row of each run's before/after table, x100. "
+        "Columns after `sweep value`: the settings that differ between the runs."
+    )
     return lines + ["", note, ""]
 
 

@@ -93,7 +93,7 @@ class RunLogger:
     @property
     def location(self) -> str | None:
         """Where the wandb run is: its URL when online, its local folder when offline; None without wandb."""
-        if self.run is None:
+        if self.run is None or self.run.settings.mode == "disabled":  # logger.mode=disabled: a no-op run
             return None
         return str(Path(self.run.dir).parent) if self.run.offline else self.run.url
 

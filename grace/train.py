@@ -77,7 +77,8 @@ def _main(dict_cfg: DictConfig) -> float | None:
         value = finisher.diverged_value(output_dir) if multirun else None
         if value is None:
             raise
-        print(f"grace-train: job {HydraConfig.get().job.num} ({name}) diverged ({finisher.divergence}), then failed; sweep value {value}", file=sys.stderr)
+        job = HydraConfig.get().job.num
+        print(f"grace-train: job {job} ({name}) diverged ({finisher.divergence}), then failed; sweep value {value}", file=sys.stderr)
         return value
     print(finisher.summary(finisher.report(result.output_dir)))
     return finisher.value

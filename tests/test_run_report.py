@@ -106,7 +106,9 @@ def test_grace_report_overlays_several_runs_and_shows_the_steps_asked_for(run, t
 
 def test_a_report_plots_periodic_eval_and_unknown_metrics_too(tmp_path):
     """Held-out scores logged every other step (eval/*) and a metric of no known group (another objective)."""
-    rows = [{"step": s, "reward/total_mean": -s, "loss/contrastive": 1.0 / s, **({"eval/GraceLeeSTS": 0.1 * s} if s % 2 == 0 else {})} for s in range(1, 5)]
+    rows = [{"step": s, "reward/total_mean": -s, "loss/contrastive": 1.0 / s} for s in range(1, 5)]
+    for row in rows[1::2]:
+        row["eval/GraceLeeSTS"] = 0.1 * row["step"]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     report = write_report([tmp_path])
     assert report == tmp_path / "report" / "report.md"
