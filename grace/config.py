@@ -7,6 +7,7 @@ mini-batches, ...), before any model or data is loaded, with a message that says
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,28 @@ class FinalEvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    """The one number ``grace-train`` returns to a Hydra sweeper (e.g. Optuna); see ``grace/sweep.py``."""
+
+    # auto: final_eval/mean when final_eval.enabled, else reward/total_mean. final_eval/mean and
+    # final_eval/<task> read the trained row of the final before/after evaluation; any other name is a
+    # metrics.jsonl key (reward/total_mean, loss/policy, eval/<name> from periodic evaluation, ...).
+    metric: str = "auto"
+    direction: str = "maximize"  # maximize | minimize: what the sweeper does with the value
+    reduce: str = "last"  # a metrics.jsonl key: last (mean of the last `last_steps` values) | best | mean
+    last_steps: int = 5
+    # Returned for a run whose loss, reward or gradient norm went NaN/inf (an Optuna sweep dies on a NaN).
+    # None: -1e9 when maximizing, 1e9 when minimizing.
+    diverged_value: Optional[float] = None
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True  # write <output_dir>/report/ (plots, tables, sample rationales) when the run ends
+    sample_steps: list[int] = field(default_factory=list)  # rationale samples to show; []: first, middle, last
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     mode: str = "supervised"
@@ -146,6 +169,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     final_eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
 
 
@@ -271,6 +296,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.data.limit is not None and cfg.data.limit < t.batch_size:
         raise ConfigError(f"data.limit={cfg.data.limit} is below trainer.batch_size={t.batch_size}: one step needs that many examples")
 
+    _check_sweep(cfg)
+
     train_file = resolve_train_file(cfg)
     try:
         check_source(train_file, cfg.mode, cfg.data.split)
@@ -294,3 +321,20 @@ def _check_role_decoding(cfg: TrainConfig, role: str) -> None:
             f"train. Set rollout.{role}.temperature > 0 (e.g. 1.0), or use algorithm=reinforce"
         )
 
+
+
+def _check_sweep(cfg: TrainConfig) -> None:
+    sweep = cfg.sweep
+    _one_of("sweep.direction", sweep.direction, ("maximize", "minimize"))
+    _one_of("sweep.reduce", sweep.reduce, ("last", "best", "mean"))
+    if sweep.last_steps < 1:
+        raise ConfigError(f"sweep.last_steps={sweep.last_steps} must be at least 1")
+    if sweep.diverged_value is not None and not math.isfinite(sweep.diverged_value):
+        raise ConfigError(f"sweep.diverged_value={sweep.diverged_value} must be finite: a NaN or inf ends an Optuna sweep")
+    if sweep.metric != "auto" and "/" not in sweep.metric:
+        raise ConfigError(
+            f"sweep.metric={sweep.metric!r} is not a metric name: use auto, final_eval/mean, final_eval/<task> or a "
+            "metrics.jsonl key such as reward/total_mean"
+        )
+    if sweep.metric.startswith("final_eval/") and not cfg.final_eval.enabled:
+        raise ConfigError(f"sweep.metric={sweep.metric} reads the final evaluation: set final_eval.enabled=true")

@@ -3,13 +3,22 @@
 The JSONL files are the record of truth (one JSON object per step / per logged rationale) and are
 always written; wandb mirrors them when ``logger.backend=wandb`` (offline unless configured online).
 On resume, lines from steps after the checkpoint are dropped first: those steps are about to be redone.
+
+Evaluation results (a ``ComparisonTable``: the final before/after table of a training run, a
+``grace-eval`` run, a periodic held-out evaluation) go to wandb with ``log_evaluation``: one summary key
+per row and task (``<name>/<row>/<task>``, ``<name>/<row>/mean``), the short ``<name>/<task>`` and
+``<name>/mean`` for the primary row (the last: the trained model of a before/after table), and the table
+itself as a ``wandb.Table``, so a sweep's dashboard can sort its jobs by score.
 """
 from __future__ import annotations
 
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grace.evaluation.report import ComparisonTable
 
 METRICS_FILE = "metrics.jsonl"
 RATIONALES_FILE = "rationales.jsonl"
@@ -47,6 +56,7 @@ class RunLogger:
         name: str | None = None,
         group: str | None = None,
         tags: list[str] | None = None,
+        job_type: str = "train",
     ):
         self.output_dir = output_dir
         self.metrics_path = output_dir / METRICS_FILE
@@ -57,9 +67,9 @@ class RunLogger:
         if backend == "wandb":
             run_id = wandb_run_id(output_dir, resumed_step)
             (output_dir / WANDB_ID_FILE).write_text(run_id)
-            self.run = self._start_wandb(run_id, config, project, entity, mode, name, group, tags or [])
+            self.run = self._start_wandb(run_id, config, project, entity, mode, name, group, tags or [], job_type)
 
-    def _start_wandb(self, run_id, config, project, entity, mode, name, group, tags):
+    def _start_wandb(self, run_id, config, project, entity, mode, name, group, tags, job_type):
         import wandb
 
         return wandb.init(
@@ -68,13 +78,24 @@ class RunLogger:
             name=name,
             group=group,
             tags=tags,
+            job_type=job_type,
             config=config,
             dir=str(self.output_dir),
             mode=mode,
             id=run_id,
             resume="allow",
             reinit="finish_previous",
+            # wandb's banner and closing history/summary would bury the run's own end-of-run summary,
+            # which says where the run is (``location``); failures still raise.
+            settings=wandb.Settings(silent=True),
         )
+
+    @property
+    def location(self) -> str | None:
+        """Where the wandb run is: its URL when online, its local folder when offline; None without wandb."""
+        if self.run is None or self.run.settings.mode == "disabled":  # logger.mode=disabled: a no-op run
+            return None
+        return str(Path(self.run.dir).parent) if self.run.offline else self.run.url
 
     def log_step(self, metrics: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as handle:
@@ -92,6 +113,24 @@ class RunLogger:
             columns = list(rows[0])
             table = wandb.Table(columns=["step", *columns], data=[[step, *(row[c] for c in columns)] for row in rows])
             self.run.log({"rationales": table}, step=step)
+
+    def log_evaluation(self, name: str, table: ComparisonTable, *, step: int | None = None) -> dict[str, float]:
+        """An evaluation's scores into the run's summary, and its table (``name``/table); returns the summary
+        keys written. ``step``: the training step it belongs to (periodic evaluation), or None."""
+        scores = table.summary(name)
+        if self.run is not None and table.rows:
+            import wandb
+
+            self.run.summary.update(scores)
+            columns = ["encoder", "rationale", *table.tasks, "mean"]
+            data = [[row.label, row.rationale, *(row.scores.get(t) for t in table.tasks), row.mean(table.tasks)] for row in table.rows]
+            self.run.log({f"{name}/table": wandb.Table(columns=columns, data=data)}, **({} if step is None else {"step": step}))
+        return scores
+
+    def update_summary(self, values: dict[str, Any]) -> None:
+        """Values the dashboard shows per run (e.g. the sweep objective); a no-op without wandb."""
+        if self.run is not None:
+            self.run.summary.update(values)
 
     def close(self, exit_code: int = 0) -> None:
         if self.run is not None:

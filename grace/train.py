@@ -9,6 +9,9 @@ A user's mistake (a setting, the data, a model that cannot be loaded) ends a sin
 ``grace-train: ...`` and exit code 2. Under multirun the same line is printed and the error re-raised:
 Hydra records the job as failed, runs the remaining jobs and reports the failure at the end (a
 SystemExit would escape Hydra's per-job handling and stop the sweep).
+
+The task function returns the job's sweep value (``sweep.*``, grace/sweep.py) for sweepers such as
+Optuna; after the run it writes the report (grace/run_report.py) and prints a one-screen summary.
 """
 from __future__ import annotations
 
@@ -22,12 +25,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from grace.config import ConfigError, TrainConfig, register_configs
+from grace.console import quiet_third_party
 from grace.data.errors import DataError
+from grace.finish import Finisher, check_final_eval_tasks
 from grace.job_names import job_dirname, job_label, record_job, register_resolver
+from grace.sweep import register_resolvers
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
 register_resolver()  # hydra.sweep.subdir: ${grace.job_dir:...}
+register_resolvers()  # ${sqlite_storage:...} in conf/hparams_search/
 
 
 def _job_identity(cfg: TrainConfig) -> tuple[Path, str, str | None]:
@@ -46,52 +53,44 @@ def _job_identity(cfg: TrainConfig) -> tuple[Path, str, str | None]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def _main(dict_cfg: DictConfig) -> None:
+def _main(dict_cfg: DictConfig) -> float | None:
+    """One job; returns the sweep value (``sweep.metric``, see grace/sweep.py) for a sweeper such as Optuna."""
+    quiet_third_party()  # here, not in main(): joblib and submitit jobs start in this function
     from grace.trainer import train  # heavy imports after Hydra has parsed the command line
 
     cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
     output_dir, name, group = _job_identity(cfg)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    finisher = Finisher(cfg, sweeping=multirun)
     try:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             record_job(output_dir, HydraConfig.get())  # the full overrides: the directory name may be cut
-        result = train(cfg, output_dir, run_name=name, run_group=group)
+        check_final_eval_tasks(cfg)  # an unknown task or unreachable data must not wait for the end of training
+        result = train(cfg, output_dir, run_name=name, run_group=group, after_training=finisher.after_training)
     except (ConfigError, DataError, OSError) as error:
         kind = "invalid configuration: " if isinstance(error, ConfigError) else ""
         message = " ".join(str(error).split())  # one line: transformers' messages span several
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             job = HydraConfig.get().job  # named by its overrides in full: the run name may be cut
             print(f"grace-train: job {job.num} ({job.override_dirname}) failed: {kind}{message}", file=sys.stderr)
             raise
         print(f"grace-train: {kind}{message}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"outputs: {result.output_dir}\nlast checkpoint: {result.last_checkpoint}")
-    if cfg.final_eval.enabled:
-        _before_after(cfg, result.last_checkpoint, result.output_dir / "eval")
-
-
-def _before_after(cfg: TrainConfig, checkpoint: Path, output_dir: Path) -> None:
-    """The base model without and with a rationale, then the trained checkpoint, on a quick task subset."""
-    from dataclasses import replace
-
-    from grace.evaluation.runner import QUICK_SETTINGS, before_after
-    from grace.trainer import resolve_device
-
-    settings = replace(
-        QUICK_SETTINGS,
-        max_new_tokens=cfg.final_eval.max_new_tokens,
-        batch_size=cfg.final_eval.batch_size,
-        device=str(resolve_device(cfg.model.device)),  # where the run trained, GPU included
-        dtype=cfg.model.dtype,
-    )
-    table = before_after(checkpoint, output_dir, base=cfg.model.source, tasks=list(cfg.final_eval.tasks), settings=settings)
-    print(f"\nbefore/after training ({output_dir}):\n{table.to_markdown()}")
+    except Exception:
+        # A run that went NaN and then crashed (e.g. sampling from NaN logits) is a bad trial, not a broken
+        # sweep: the sweeper gets the worst value. Any other error is a bug and fails the job.
+        value = finisher.diverged_value(output_dir) if multirun else None
+        if value is None:
+            raise
+        job = HydraConfig.get().job.num
+        print(f"grace-train: job {job} ({name}) diverged ({finisher.divergence}), then failed; sweep value {value}", file=sys.stderr)
+        return value
+    print(finisher.summary(finisher.report(result.output_dir)))
+    return finisher.value
 
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # weight loading/saving bars would bury the step bar
     _main()
 
 

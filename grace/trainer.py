@@ -15,7 +15,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -60,7 +60,16 @@ class TrainResult:
     steps_done: int
 
 
-def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = None, run_group: str | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    output_dir: str | Path,
+    *,
+    run_name: str | None = None,
+    run_group: str | None = None,
+    after_training: Callable[[TrainResult, RunLogger], None] | None = None,
+) -> TrainResult:
+    """``after_training(result, logger)`` runs after the last step, before the run's logger closes: the
+    final evaluation goes into the same wandb run, and its failure is the run's exit status."""
     # Settings, output directory and data are all checked before the weights load (minutes for a large
     # backbone, wasted if line 9000 of the data is bad).
     validate(cfg)
@@ -216,10 +225,13 @@ def train(cfg: TrainConfig, output_dir: str | Path, *, run_name: str | None = No
             progress.update(1)
             progress.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", step_s=f"{step_seconds:.1f}")
         progress.close()
+        result = TrainResult(output_dir, last, step)
+        if after_training is not None:
+            after_training(result, logger)
         exit_code = 0
     finally:
         logger.close(exit_code)
-    return TrainResult(output_dir, last, step)
+    return result
 
 
 # ---------------------------------------------------------------------- stages

@@ -15,6 +15,7 @@ from dataclasses import replace
 import mteb
 import numpy as np
 import pytest
+import wandb
 from datasets import Dataset
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -32,6 +33,7 @@ from grace.evaluation.report import ComparisonTable, EncoderResult
 from grace.evaluation.reference import PACKAGED_MINILM
 from grace.evaluation.runner import QUICK_SETTINGS, QUICK_TASKS, EncoderSpec, before_after, evaluate_encoders
 from grace.models import TINY_RANDOM, count_parameters, load_policy
+from wandb_offline import exit_code, records, run_file, summary
 
 TEXTS = ["The cat sat on the mat.", "Stocks fell sharply on Monday.", "The cat sat on the mat.", "How do plants grow?"]
 TASK = "GracePangLeePolarity"  # 200 short sentences: the cheapest offline task
@@ -197,6 +199,21 @@ def test_cli_evaluates_base_with_and_without_rationale_and_a_checkpoint_then_rer
     second = json.loads((tmp_path / "second" / "results.json").read_text())
     assert [row["scores"] for row in second["rows"]] == [row["scores"] for row in first["rows"]]
     assert [row["revision"] for row in second["rows"]] == [row["revision"] for row in first["rows"]]
+
+
+def test_grace_eval_logs_its_table_as_a_wandb_run_of_its_own(tmp_path) -> None:
+    config = compose_config("eval=debug", "logger=wandb", f"output_dir={tmp_path}", "eval.show_progress=false", "eval.cache_embeddings=false")
+    table = cli.run(config, run_name="eval.max_new_tokens=4", run_group="sweep/1")
+    wandb.teardown()  # the wandb service writes the run file after finish() returns; a process exit waits for it
+    run = run_file(tmp_path)
+    values = summary(run)
+    tiny, tiny_rationale = table.rows
+    assert values["eval/tiny_no_rationale/GracePangLeePolarity"] == pytest.approx(tiny.scores[TASK])
+    assert values["eval/tiny_rationale/mean"] == pytest.approx(tiny_rationale.mean([TASK]))
+    assert values["eval/mean"] == pytest.approx(tiny_rationale.mean([TASK]))  # the last row: a sweep ranks by it
+    assert values["eval/table/nrows"] == 2 and exit_code(run) == 0
+    (started,) = [r.run for r in records(run) if r.WhichOneof("record_type") == "run"]
+    assert (started.display_name, started.run_group, started.job_type) == ("eval.max_new_tokens=4", "sweep/1", "eval")
 
 
 def test_before_after_takes_the_trained_encoder_in_memory(tiny, tmp_path, monkeypatch) -> None:

@@ -33,8 +33,9 @@ def test_a_sweep_gives_each_job_its_own_directory_metrics_and_finished_wandb_run
     sweep = tmp_path / "sweep"
     done = grace_train("-m", "model=tiny-random", "reward=paper,contrastive", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}", *SMALL, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name != "report")
     assert [p.name.split("_")[0] for p in jobs] == ["0", "1"]
+    assert (sweep / "report" / "report.md").is_file()  # the sweep's report, both jobs overlaid
     for job, reward in zip(jobs, ["paper", "contrastive"]):
         assert f"reward={reward}" in job.name
         assert len((job / "metrics.jsonl").read_text().splitlines()) == 2

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from grace.console import quiet_third_party
 from grace.data.errors import DataError, DataIssue
 from grace.data.examples import Sentence
 from grace.data.readers import _records, _to_example, _type_name
@@ -146,6 +147,7 @@ def encoder_options(args: argparse.Namespace) -> dict:
 
 
 def load_encoder(args: argparse.Namespace) -> GraceEncoder:
+    quiet_third_party()  # no weight-loading bars beside the command's own progress bar
     return GraceEncoder.from_pretrained(args.model, **encoder_options(args))
 
 

@@ -10,6 +10,7 @@ when the CLI turns the config into these objects (``OmegaConf.to_object``).
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
+from grace.config import LoggerConfig
 from grace.models import PACKAGED_SMOLLM2
 from grace.pooling import check_pooling
 
@@ -97,3 +98,5 @@ class EvaluateConfig:
 
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "outputs/eval"  # evaluate.yaml sets it to Hydra's run directory
+    # The same logger group as grace-train (conf/logger/): wandb (offline by default) or none.
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(backend="none"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,28 @@ class ComparisonTable:
             )
         return "\n".join(lines) + "\n"
 
+    def primary_scores(self) -> dict[str, float]:
+        """The last row's ``{task: score, "mean": mean}`` (the trained model of a before/after table);
+        ``mean`` only when the row has every task. Empty for an empty table."""
+        if not self.rows:
+            return {}
+        row = self.rows[-1]
+        mean = row.mean(self.tasks)
+        return {**{task: row.scores[task] for task in self.tasks if task in row.scores}, **({} if mean is None else {"mean": mean})}
+
+    def summary(self, prefix: str) -> dict[str, float]:
+        """Flat scores for a dashboard: ``<prefix>/<row>/<task>`` and ``<prefix>/<row>/mean`` for every row,
+        and ``<prefix>/<task>``, ``<prefix>/mean`` for the last (primary) row. Row labels are made key-safe."""
+        flat: dict[str, float] = {}
+        for row in self.rows:
+            label = _key(row.label)
+            flat.update({f"{prefix}/{label}/{task}": row.scores[task] for task in self.tasks if task in row.scores})
+            mean = row.mean(self.tasks)
+            if mean is not None:
+                flat[f"{prefix}/{label}/mean"] = mean
+        flat.update({f"{prefix}/{name}": value for name, value in self.primary_scores().items()})
+        return flat
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "tasks": self.tasks,
@@ -100,6 +123,11 @@ class ComparisonTable:
         json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         markdown_path.write_text(self.to_markdown())
         return json_path, markdown_path
+
+
+def _key(label: str) -> str:
+    """``"base + rationale"`` -> ``"base_rationale"``: no ``/`` (a section in wandb), no spaces."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_") or "row"
 
 
 def _short(task: str) -> str:

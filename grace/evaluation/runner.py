@@ -34,10 +34,11 @@ from mteb.results import ModelResult
 from grace.encoder import GraceEncoder
 from grace.embedding import EmbeddingConfig
 from grace.evaluation.adapter import EmbeddingOptions, GraceMtebEncoder, settings_hash
+from grace.evaluation.benchmarks import check_data_available
 from grace.evaluation.config import EvalSettings, ModelConfig
 from grace.evaluation.reference import load_sentence_transformer
 from grace.evaluation.report import ComparisonTable, EncoderResult
-from grace.evaluation.tasks import SMALL_SUITE, get_tasks
+from grace.evaluation.tasks import OFFLINE_SUITE, SMALL_SUITE, get_tasks
 from grace.models import PACKAGED_SMOLLM2
 from grace.sources import resolve_source
 
@@ -79,14 +80,16 @@ def evaluate_encoders(
     if not specs:
         raise ValueError("no encoders to evaluate")
     output_dir = Path(output_dir)
-    task_names = [task.metadata.name for task in get_tasks(list(tasks))]  # unknown names fail before loading
+    resolved = get_tasks(list(tasks))  # unknown names and unreachable data fail before any model loads
+    check_data_available(resolved, OFFLINE_SUITE)
+    task_names = [task.metadata.name for task in resolved]
     for spec in specs:  # so do model sources that are none of the accepted forms
         if spec.kind == "grace" and getattr(spec, "encoder", None) is None:
             resolve_source(spec.source)
     results_cache = mteb.ResultCache(settings.results_dir or output_dir / "mteb")
     table = ComparisonTable(
         tasks=task_names,
-        main_scores={t.metadata.name: t.metadata.main_score for t in get_tasks(task_names)},
+        main_scores={t.metadata.name: t.metadata.main_score for t in resolved},
         context={
             "settings": asdict(settings),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -106,11 +109,11 @@ def evaluate_encoders(
         started = time.perf_counter()
         result = mteb.evaluate(
             encoder,
-            get_tasks(task_names),  # fresh task objects: mteb keeps loaded data on them
+            get_tasks(list(tasks)),  # fresh task objects (mteb keeps loaded data on them), benchmark subsets kept
             cache=results_cache,
             overwrite_strategy=settings.overwrite,
             encode_kwargs={"batch_size": settings.batch_size, "show_progress_bar": settings.show_progress},
-            show_progress_bar=settings.show_progress,
+            show_progress_bar=False,  # one bar per task and role comes from the adapter's encode
             co2_tracker=False,
         )
         table.rows.append(_row(label, encoder, result, load_seconds, time.perf_counter() - started))

@@ -26,6 +26,8 @@ from __future__ import annotations
 import mteb
 from mteb.abstasks import AbsTask
 
+from grace.evaluation.benchmarks import BENCHMARKS, benchmark_tasks
+
 from .chatterbot import GraceChatterbotRetrieval, RetrievalData, chatterbot_retrieval_data
 from .lee import GraceLeeSTS
 from .newsgroups import GraceMiniNewsgroupsClustering
@@ -51,26 +53,37 @@ SUITES: dict[str, tuple[str, ...]] = {"offline": OFFLINE_SUITE, "small": SMALL_S
 def get_tasks(names: list[str] | tuple[str, ...]) -> list[AbsTask]:
     """Fresh task objects for ``names``, in order, each task once.
 
-    A name is one of ours (``OFFLINE_SUITE``), a suite (``"offline"``, ``"small"``) or any task name of
-    mteb's own registry (those need the network to load their data).
+    A name is one of ours (``OFFLINE_SUITE``), a suite (``"offline"``, ``"small"``), a standard benchmark
+    (``BENCHMARKS``: ``"mteb-eng"``, ``"bright"``, ... with mteb's subset and split selection) or any task
+    name of mteb's own registry (benchmarks and mteb tasks need the network to load their data).
     """
-    expanded = [task for name in names for task in SUITES.get(name, (name,))]
-    tasks: list[AbsTask] = []
-    for name in dict.fromkeys(expanded):
-        if name in OFFLINE_TASKS:
-            tasks.append(OFFLINE_TASKS[name]())
+    tasks: dict[str, AbsTask] = {}
+    for name in names:
+        if name in BENCHMARKS:
+            for task in benchmark_tasks(name):
+                tasks.setdefault(task.metadata.name, task)
             continue
-        try:
-            tasks.append(mteb.get_task(name))
-        except KeyError as error:
-            raise ValueError(
-                f"unknown task {name!r}: not an offline task ({', '.join(OFFLINE_SUITE)}), not a suite "
-                f"({', '.join(SUITES)}), and mteb says: {error.args[0] if error.args else error}"
-            ) from None
-    return tasks
+        for task_name in SUITES.get(name, (name,)):
+            if task_name not in tasks:
+                tasks[task_name] = _get_task(task_name)
+    return list(tasks.values())
+
+
+def _get_task(name: str) -> AbsTask:
+    if name in OFFLINE_TASKS:
+        return OFFLINE_TASKS[name]()
+    try:
+        return mteb.get_task(name)
+    except KeyError as error:
+        raise ValueError(
+            f"unknown task {name!r}: not an offline task ({', '.join(OFFLINE_SUITE)}), not a suite "
+            f"({', '.join(SUITES)}), not a benchmark ({', '.join(BENCHMARKS)}), and mteb says: "
+            f"{error.args[0] if error.args else error}"
+        ) from None
 
 
 __all__ = [
+    "BENCHMARKS",
     "OFFLINE_SUITE",
     "OFFLINE_TASKS",
     "SMALL_SUITE",
