@@ -47,6 +47,8 @@ FREE: dict[str, str] = {
     "model.trust_remote_code": "permission to run the model's own code, not a setting of the model",
     "logger": "where numbers go (wandb, progress bar)",
     "final_eval": "what runs after training",
+    "sweep": "which number the finished run hands to a sweeper",
+    "report": "whether and what the end-of-run report shows",
 }
 _ABSENT = object()
 

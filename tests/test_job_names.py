@@ -83,7 +83,7 @@ def test_the_issue_sweep_gets_flat_job_directories_and_a_blocked_job_fails_alone
         wandb_record = (runs[0] / f"run-{runs[0].name.split('-')[-1]}.wandb").read_bytes()
         assert label.encode() in wandb_record  # the run is named by the flat label...
         assert record["override_dirname"].encode() not in wandb_record  # ...not by the raw overrides
-    hydra_jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    hydra_jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != "report")
     assert hydra_jobs == sorted(names)  # Hydra's own job directories (its .hydra records) are flat too
 
 
@@ -98,7 +98,7 @@ def test_hydras_own_job_directory_is_flat_and_bounded_for_long_awkward_values(tm
         f"embedding.system_prompt='{prompt}'", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    (job,) = [p for p in sweep.iterdir() if p.is_dir()]
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and p.name != "report"]  # report/: the sweep's own
     assert job.name.startswith("0_") and len(job.name) <= 2 + DIR_CHARS + 9 and job.name.isascii()
     assert len((job / "metrics.jsonl").read_text().splitlines()) == 1
     record = yaml.safe_load((job / JOB_FILE).read_text())
