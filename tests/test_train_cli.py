@@ -35,9 +35,8 @@ def test_a_baseline_objective_trains_from_the_command_line_and_its_checkpoint_em
 
     out = tmp_path / "run"
     mode = "unsupervised" if objective == "simcse" else "supervised"
-    final_eval = ["final_eval.enabled=true", "final_eval.tasks=[GraceLeeSTS]", "final_eval.max_new_tokens=2"] if objective == "contrastive" else []
     args = ["model=tiny-random", f"objective={objective}", f"mode={mode}", "trainer.max_steps=2", "logger=none", f"trainer.output_dir={out}"]
-    done = grace_train(*args, *SMALL, *final_eval, cwd=tmp_path)
+    done = grace_train(*args, *SMALL, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and all(m["loss/infonce"] > 0 for m in metrics)
@@ -45,8 +44,6 @@ def test_a_baseline_objective_trains_from_the_command_line_and_its_checkpoint_em
     encoder = GraceEncoder.from_pretrained(out)
     assert encoder.configs["document"].rationale is False
     assert encoder.explain(["a test sentence"]) == [""] and encoder.encode(["a test sentence"]).shape == (1, 64)
-    if final_eval:  # the trained row of the before/after table embeds as it was trained
-        assert "| trained (no rationale) | no |" in done.stdout
 
 
 def test_a_sweep_gives_each_job_its_own_directory_metrics_and_finished_wandb_run(tmp_path):
