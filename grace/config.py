@@ -80,6 +80,22 @@ class AlgorithmConfig:
     # Recompute old log-probs with a full forward instead of taking them from the rollout; only worth it in
     # low precision, where cached decoding and a full forward round differently.
     recompute_old_logprobs: bool = False
+    # > 0: add coef * InfoNCE of each rollout's pooled embedding (with gradient, from the update's forward)
+    # against its detached in-batch partners (grace/embedding_loss.py). 0: the plain policy-gradient update.
+    embedding_loss_coef: float = 0.0
+    embedding_loss_temperature: float = 0.05
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a training step optimises (grace/objectives/): ``conf/objective/*.yaml``."""
+
+    name: str = "grace"  # grace (policy gradient on rationales) | contrastive (supervised InfoNCE) | simcse (unsupervised)
+    temperature: float = 0.05  # InfoNCE temperature of contrastive and simcse (SimCSE's value)
+    hard_negatives: bool = True  # contrastive: each triplet's negative joins the in-batch candidates
+    # Attention dropout during the training forward of contrastive and simcse (SimCSE's two views need
+    # it; Llama-family models train without dropout). grace/objectives/dropout.py says why attention dropout.
+    dropout: float = 0.0
 
 
 @dataclass
@@ -161,6 +177,7 @@ class ReportConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     mode: str = "supervised"
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -176,6 +193,9 @@ class TrainConfig:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+OBJECTIVES = ("grace", "contrastive", "simcse")  # grace/objectives/__init__.py builds each
 
 
 class ConfigError(ValueError):
@@ -218,6 +238,7 @@ def resolve_train_file(cfg: TrainConfig) -> str:
 def validate(cfg: TrainConfig) -> None:
     """Reject impossible settings before anything expensive happens."""
     _one_of("mode", cfg.mode, MODES)
+    _one_of("objective.name", cfg.objective.name, OBJECTIVES)
     _one_of("reward.variant", cfg.reward.variant, VARIANTS)
     _one_of("algorithm.estimator", cfg.algorithm.estimator, ESTIMATORS)
     _one_of("algorithm.aggregation", cfg.algorithm.aggregation, AGGREGATIONS)
@@ -230,8 +251,33 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
     _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
 
+    _check_trainer(cfg)
+    if cfg.objective.name == "grace":
+        _check_policy_gradient(cfg)
+    else:
+        _check_embedding_objective(cfg)
+    _check_sweep(cfg)
+
+    train_file = resolve_train_file(cfg)
+    try:
+        check_source(train_file, cfg.mode, cfg.data.split)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"data.train_file={train_file!r} (mode={cfg.mode}, data.split={cfg.data.split}): {error}") from None
+
+
+def _check_policy_gradient(cfg: TrainConfig) -> None:
+    """objective=grace: rollouts, rewards and the PPO update."""
     if cfg.reward.tau <= 0:
         raise ConfigError(f"reward.tau={cfg.reward.tau} must be positive: it divides every similarity")
+    if cfg.objective.dropout > 0:
+        raise ConfigError(
+            f"objective.dropout={cfg.objective.dropout} with objective=grace would make the update's log-probs differ "
+            "from the rollout's (sampled without dropout), so PPO ratios would not start at 1: set objective.dropout=0"
+        )
+    if cfg.algorithm.embedding_loss_coef < 0:
+        raise ConfigError(f"algorithm.embedding_loss_coef={cfg.algorithm.embedding_loss_coef} must be >= 0 (0 switches it off)")
+    if cfg.algorithm.embedding_loss_temperature <= 0:
+        raise ConfigError(f"algorithm.embedding_loss_temperature={cfg.algorithm.embedding_loss_temperature} must be positive")
     if cfg.algorithm.estimator in ("grpo", "rloo"):
         for role in trained_roles(cfg):
             if role_samples(cfg, role) < 2:
@@ -252,15 +298,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"rollout.batch_size={cfg.rollout.batch_size} must be at least 1 (rows generated together)")
     if cfg.embedding.pooling == "input":
         raise ConfigError("embedding.pooling=input ignores the rationale, so rewards could not train it")
-
     t = cfg.trainer
-    for name in ("max_steps", "batch_size", "micro_batch_size", "save_every", "keep_last"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"trainer.{name}={getattr(t, name)} must be at least 1")
-    if t.mini_batch_size is not None and (t.mini_batch_size < 1 or t.batch_size % t.mini_batch_size):
-        raise ConfigError(
-            f"trainer.batch_size={t.batch_size} must be a multiple of trainer.mini_batch_size={t.mini_batch_size}"
-        )
     trained_rows = t.batch_size * sum(role_samples(cfg, r) for r in trained_roles(cfg))
     if cfg.algorithm.estimator == "reinforce" and trained_rows < 2:
         raise ConfigError("algorithm=reinforce with one trained rollout per step has no baseline: raise trainer.batch_size")
@@ -274,7 +312,53 @@ def validate(cfg: TrainConfig) -> None:
         warnings.warn(
             "reward=paper with trainer.batch_size=1: the cross-group term compares a group with the other groups "
             "of the step, so with one example it is always 0 (raise trainer.batch_size to use it)",
-            stacklevel=2,
+            stacklevel=3,
+        )
+    if cfg.algorithm.ppo_epochs < 1:
+        raise ConfigError("algorithm.ppo_epochs must be at least 1")
+
+
+def _check_embedding_objective(cfg: TrainConfig) -> None:
+    """objective=contrastive|simcse: InfoNCE on prompt embeddings, no rationale, no rollout."""
+    name, objective = cfg.objective.name, cfg.objective
+    needed = {"contrastive": "supervised", "simcse": "unsupervised"}[name]
+    if cfg.mode != needed:
+        other = {"contrastive": "simcse (single sentences)", "simcse": "contrastive (query, positive, negative triplets)"}[name]
+        raise ConfigError(f"objective={name} trains on {needed} data: set mode={needed}, or use objective={other} for mode={cfg.mode}")
+    if objective.temperature <= 0:
+        raise ConfigError(f"objective.temperature={objective.temperature} must be positive: it divides every similarity")
+    if not 0 <= objective.dropout < 1:
+        raise ConfigError(f"objective.dropout={objective.dropout} must be in [0, 1)")
+    if name == "simcse" and objective.dropout == 0:
+        raise ConfigError(
+            "objective=simcse with objective.dropout=0: both views of a sentence would be the same embedding, and the "
+            "loss would only push different sentences apart. Set objective.dropout > 0 (conf/objective/simcse.yaml: 0.3)"
+        )
+    if cfg.embedding.pooling == "rationale":
+        raise ConfigError(f"embedding.pooling=rationale: objective={name} writes no rationale; use after_system, input or last_token")
+    per_update = cfg.trainer.mini_batch_size or cfg.trainer.batch_size
+    if per_update < 2 and not (name == "contrastive" and objective.hard_negatives):
+        raise ConfigError(
+            f"objective={name} contrasts each example with the others of its update, but an update holds "
+            f"{per_update} example: raise trainer.batch_size (or trainer.mini_batch_size) to 2 or more"
+        )
+    # Settings of the policy update that would be silently ignored (rollout and reward settings are ignored
+    # too, but model presets set them, so they cannot tell a user's intent).
+    defaults = AlgorithmConfig()
+    for key in ("embedding_loss_coef", "kl_coef", "entropy_coef", "ppo_epochs", "recompute_old_logprobs"):
+        value = getattr(cfg.algorithm, key)
+        if value != getattr(defaults, key):
+            raise ConfigError(f"algorithm.{key}={value} belongs to objective=grace's policy update, which objective={name} does not run: remove it")
+
+
+def _check_trainer(cfg: TrainConfig) -> None:
+    t = cfg.trainer
+    for name in ("max_steps", "batch_size", "micro_batch_size", "save_every", "keep_last"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"trainer.{name}={getattr(t, name)} must be at least 1")
+    if t.mini_batch_size is not None and (t.mini_batch_size < 1 or t.batch_size % t.mini_batch_size):
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} must be a multiple of trainer.mini_batch_size={t.mini_batch_size}"
         )
     if t.lr <= 0 or t.grad_clip <= 0:
         raise ConfigError("trainer.lr and trainer.grad_clip must be positive")
@@ -285,8 +369,6 @@ def validate(cfg: TrainConfig) -> None:
             f"trainer.warmup_steps={t.warmup_steps} has no effect with trainer.schedule=constant: "
             "use trainer.schedule=warmup_constant (or cosine), or trainer.warmup_steps=0"
         )
-    if cfg.algorithm.ppo_epochs < 1:
-        raise ConfigError("algorithm.ppo_epochs must be at least 1")
     if t.resume not in ("none", "auto") and not Path(t.resume).is_dir():
         raise ConfigError(f"trainer.resume={t.resume!r}: no such checkpoint directory (or use 'auto' / 'none')")
     try:
@@ -295,14 +377,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.source={cfg.model.source!r}: {error} (or a model=... preset)") from None
     if cfg.data.limit is not None and cfg.data.limit < t.batch_size:
         raise ConfigError(f"data.limit={cfg.data.limit} is below trainer.batch_size={t.batch_size}: one step needs that many examples")
-
-    _check_sweep(cfg)
-
-    train_file = resolve_train_file(cfg)
-    try:
-        check_source(train_file, cfg.mode, cfg.data.split)
-    except (ValueError, OSError) as error:
-        raise ConfigError(f"data.train_file={train_file!r} (mode={cfg.mode}, data.split={cfg.data.split}): {error}") from None
 
 
 def _check_role_decoding(cfg: TrainConfig, role: str) -> None:

@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from grace.forward import decoder_forward, lm_logits, position_ids
+from grace.pooling import pool_hidden
 from grace.rollout import RolloutBatch
 from grace.sampling import temperature_scaled
 
@@ -35,10 +36,15 @@ _ENTROPY_ROWS = 4  # rows per chunk when entropy is only logged: bounds the extr
 class PolicyOutput:
     logprobs: torch.Tensor  # [B, T] float32, log-prob of each rationale token (0 on padding)
     entropy: torch.Tensor | None  # [B, T] float32, entropy of the next-token distribution (0 on padding), if asked for
+    embeddings: torch.Tensor | None = None  # [B, H] float32, L2-normalised pooled hidden states (with gradient), if asked for
 
 
-def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, entropy: str = "none") -> PolicyOutput:
+def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, entropy: str = "none", pooling: str | None = None) -> PolicyOutput:
     """Log-probs (and optionally entropies) of the rationale tokens of ``batch`` under ``model``.
+
+    ``pooling``: also pool the same forward's last-layer hidden states over ``batch.spans`` with that
+    method (``grace.pooling``), with gradient: the embedding the rollout pooled while generating, now
+    differentiable (GRACE's embedding loss).
 
     ``entropy``: ``"none"``; ``"logged"``, computed without gradient in small row chunks (a metric);
     ``"trained"``, with gradient, for an entropy bonus. Only ``"trained"`` keeps a second [B, T, V]
@@ -68,7 +74,8 @@ def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, entropy: str
             entropies = torch.cat([_entropy(part) for part in scaled.split(_ENTROPY_ROWS)])
     if entropies is not None:
         entropies = torch.where(real, entropies, 0.0)
-    return PolicyOutput(torch.where(real, token_logprobs, 0.0), entropies)
+    embeddings = pool_hidden(hidden, batch.spans.to(device), pooling) if pooling is not None else None
+    return PolicyOutput(torch.where(real, token_logprobs, 0.0), entropies, embeddings)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

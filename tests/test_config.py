@@ -25,6 +25,11 @@ def test_every_shipped_config_composes_and_validates(override):
     validate(compose_config(override))
 
 
+@pytest.mark.parametrize("name", group_options("objective"))
+def test_every_shipped_objective_validates_in_its_mode(name):
+    validate(compose_config(f"objective={name}", "mode=unsupervised" if name == "simcse" else "mode=supervised"))
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -47,6 +52,21 @@ def test_every_shipped_config_composes_and_validates(override):
         (["trainer.batch_size=1"], "reward=contrastive needs trainer.batch_size >= 2.*InfoNCE"),
         (["trainer.warmup_steps=3"], "trainer.warmup_steps=3 has no effect with trainer.schedule=constant: use trainer.schedule=warmup_constant"),
         (["trainer.schedule=cosine", "trainer.warmup_steps=-1"], "trainer.warmup_steps=-1 must be >= 0"),
+        # objectives: each in its mode, with the settings it uses
+        (["objective.name=dpo"], "objective.name='dpo' is not one of"),
+        (["objective=simcse"], "objective=simcse trains on unsupervised data: set mode=unsupervised, or use objective=contrastive"),
+        (["objective=contrastive", "mode=unsupervised"], "objective=contrastive trains on supervised data: set mode=supervised, or use objective=simcse"),
+        (["objective=contrastive", "objective.temperature=0"], "objective.temperature=0.0 must be positive"),
+        (["objective=simcse", "mode=unsupervised", "objective.dropout=0"], "both views of a sentence would be the same embedding.*objective.dropout > 0"),
+        (["objective=simcse", "mode=unsupervised", "objective.dropout=1"], r"objective.dropout=1.0 must be in \[0, 1\)"),
+        (["objective=simcse", "mode=unsupervised", "trainer.mini_batch_size=1"], "an update holds 1 example: raise trainer.batch_size"),
+        (["objective=contrastive", "objective.hard_negatives=false", "trainer.batch_size=1"], "contrasts each example with the others"),
+        (["objective=contrastive", "embedding.pooling=rationale"], "objective=contrastive writes no rationale"),
+        (["objective=contrastive", "algorithm.kl_coef=0.1"], "algorithm.kl_coef=0.1 belongs to objective=grace's policy update.*remove it"),
+        (["objective=contrastive", "algorithm.embedding_loss_coef=0.5"], "algorithm.embedding_loss_coef=0.5 belongs to objective=grace"),
+        (["objective.dropout=0.1"], "objective.dropout=0.1 with objective=grace.*PPO ratios would not start at 1"),
+        (["algorithm.embedding_loss_coef=-1"], "algorithm.embedding_loss_coef=-1.0 must be >= 0"),
+        (["algorithm.embedding_loss_temperature=0"], "algorithm.embedding_loss_temperature=0.0 must be positive"),
     ],
 )
 def test_impossible_settings_name_what_to_change(overrides, message):
@@ -71,6 +91,10 @@ def test_a_txt_file_cannot_hold_supervised_triplets(tmp_path):
         ["mode=unsupervised", "rollout.negative.max_new_tokens=0"],  # no negatives are sampled in this mode
         ["trainer.schedule=cosine", "trainer.warmup_steps=3"],
         ["mode=unsupervised", "data=lee_background"],
+        ["objective=contrastive", "embedding.pooling=input"],  # no rationale to train: the plain mean over the text is fine
+        ["objective=contrastive", "trainer.batch_size=1"],  # the query still picks its positive over its hard negative
+        ["objective=contrastive", "rollout.num_samples=1"],  # rollout settings are not used: GRACE's checks do not apply
+        ["algorithm.embedding_loss_coef=0.5", "reward=paper"],
     ],
 )
 def test_settings_that_only_look_odd_are_accepted(overrides):

@@ -244,6 +244,16 @@ def test_before_after_takes_the_trained_encoder_in_memory(tiny, tmp_path, monkey
     assert "| cached |" in again.to_markdown()
 
 
+def test_before_after_embeds_a_baseline_checkpoint_without_a_rationale_as_it_was_trained(tiny, tmp_path) -> None:
+    model, tokenizer = tiny
+    trained = GraceEncoder(model, tokenizer, name="contrastive", document=EmbeddingConfig(rationale=False))
+    settings = EvalSettings(max_new_tokens=2, cache_embeddings=False, show_progress=False)
+    table = before_after(trained, tmp_path, base=TINY_RANDOM, tasks=[TASK], settings=settings)
+    assert [row.label for row in table.rows] == ["base (no rationale)", "base + rationale", "trained (no rationale)"]
+    assert [row.rationale for row in table.rows] == [False, True, False]
+    assert table.rows[2].scores[TASK] == table.rows[0].scores[TASK]  # same weights as the base, no rationale
+
+
 def test_a_row_can_pool_over_the_input_alone(tiny_encoder, tmp_path) -> None:
     specs = [
         EncoderSpec(source=TINY_RANDOM, label="after system", rationale=False, encoder=tiny_encoder),

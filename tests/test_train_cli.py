@@ -29,6 +29,23 @@ def test_the_documented_command_trains_and_writes_its_outputs(tmp_path, mode):
     assert not (out / "wandb").exists()  # logger=none
 
 
+@pytest.mark.parametrize("objective", ["contrastive", "simcse"])
+def test_a_baseline_objective_trains_from_the_command_line_and_its_checkpoint_embeds_without_a_rationale(tmp_path, objective):
+    from grace.encoder import GraceEncoder
+
+    out = tmp_path / "run"
+    mode = "unsupervised" if objective == "simcse" else "supervised"
+    args = ["model=tiny-random", f"objective={objective}", f"mode={mode}", "trainer.max_steps=2", "logger=none", f"trainer.output_dir={out}"]
+    done = grace_train(*args, *SMALL, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all(m["loss/infonce"] > 0 for m in metrics)
+    assert not (out / "rationales.jsonl").exists()  # no rationale is written
+    encoder = GraceEncoder.from_pretrained(out)
+    assert encoder.configs["document"].rationale is False
+    assert encoder.explain(["a test sentence"]) == [""] and encoder.encode(["a test sentence"]).shape == (1, 64)
+
+
 def test_a_sweep_gives_each_job_its_own_directory_metrics_and_finished_wandb_run(tmp_path):
     sweep = tmp_path / "sweep"
     done = grace_train("-m", "model=tiny-random", "reward=paper,contrastive", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}", *SMALL, cwd=tmp_path)

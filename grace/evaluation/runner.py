@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 # tokens per row (measured in experiments/offline_suite/README.md).
 QUICK_TASKS: tuple[str, ...] = ("GraceLeeSTS",)
 QUICK_SETTINGS = EvalSettings(max_new_tokens=32, batch_size=16)
+TRAINED_LABELS = {True: "GRACE-trained + rationale", False: "trained (no rationale)"}
 
 
 @dataclass
@@ -131,7 +132,8 @@ def before_after(
     tasks: Sequence[str] = QUICK_TASKS,
     settings: EvalSettings = QUICK_SETTINGS,
 ) -> ComparisonTable:
-    """The main job's table: the base model without and with a rationale, then the trained model.
+    """The main job's table: the base model without and with a rationale, then the trained model, embedding
+    with or without a rationale as its saved settings say.
 
     ``trained``: a checkpoint or run directory, or the trained ``GraceEncoder`` itself (no reload). The
     base rows embed with the trained model's saved settings (system prompt, pooling, prompt budget), so
@@ -140,10 +142,12 @@ def before_after(
     if not isinstance(trained, GraceEncoder):
         trained = _load_grace(str(trained), settings)
     like = dict(trained.configs)
+    # The trained row embeds as it was trained: with a rationale (GRACE) or without (contrastive, SimCSE).
+    rationale = trained.configs["document"].rationale
     specs = [
         EncoderSpec(source=base, label="base (no rationale)", rationale=False, like=like),
         EncoderSpec(source=base, label="base + rationale", rationale=True, like=like),
-        EncoderSpec(source=trained.name, label="GRACE-trained + rationale", rationale=True, encoder=trained),
+        EncoderSpec(source=trained.name, label=TRAINED_LABELS[rationale], rationale=rationale, encoder=trained),
     ]
     return evaluate_encoders(specs, tasks, output_dir, settings)
 

@@ -1,0 +1,160 @@
+"""The quality study: train every method with several seeds, evaluate every checkpoint the same way.
+
+    python experiments/quality/quality.py train    --out outputs/quality                  # 6 methods x 3 seeds
+    python experiments/quality/quality.py evaluate --out outputs/quality                  # + base rows, MiniLM
+    python experiments/quality/quality.py budget   --out outputs/quality --minutes 30     # steps per method
+
+``train`` runs one Hydra multirun of ``grace-train`` over the experiment overlays
+``conf/experiment/quality_*.yaml`` and the seeds, into ``<out>/runs/<overrides>/``, with
+``trainer.resume=auto``: run it again to continue every unfinished run (finished ones stop at once).
+Arguments after ``--`` go to every job (e.g. ``-- trainer.max_steps=2`` for a pilot).
+
+``evaluate`` finds the newest checkpoint of every run and evaluates it, the base model without and with a
+rationale and all-MiniLM-L6-v2 with ONE setting (tasks, rationale length, prompt budget, greedy decoding)
+on held-out data (the offline suite: its chatterbot categories are held out of training, the other tasks
+are other corpora), through ``grace.evaluation.runner.evaluate_encoders``. Each checkpoint embeds as it
+was trained: with a rationale (GRACE) or without (contrastive, SimCSE). It writes ``<out>/eval/results.md``
+(every row) and ``<out>/quality.md`` / ``quality.json`` (mean ± spread over seeds per method).
+Re-running resumes from mteb's result cache and the embedding cache.
+
+``budget`` reads the step times the runs measured (``time/step_seconds`` in ``metrics.jsonl``) and prints
+the ``trainer.max_steps`` of each method that fits a training budget per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # this checkout's grace, also when it is not the installed one
+METHODS = {  # experiment overlay -> row name; order of the table
+    "quality_grace_paper": "GRACE, paper reward (sup.)",
+    "quality_grace_contrastive": "GRACE, contrastive reward (sup.)",
+    "quality_grace_embedding": "GRACE + embedding loss (sup.)",
+    "quality_contrastive": "contrastive fine-tuning (sup.)",
+    "quality_grace_unsupervised": "GRACE (unsup.)",
+    "quality_simcse": "SimCSE (unsup.)",
+}
+BASE = "packaged:smollm2-135m"
+
+
+def train(args: argparse.Namespace, overrides: list[str]) -> int:
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}: use {', '.join(METHODS)}")
+    command = [
+        sys.executable, "-m", "grace.train", "-m",
+        f"experiment={','.join(methods)}", f"seed={args.seeds}",
+        f"hydra.sweep.dir={Path(args.out).resolve() / 'runs'}",
+        "hydra.sweep.subdir=${hydra.job.override_dirname}",  # no job number: the same run keeps its directory
+        "trainer.resume=auto",
+        *overrides,
+    ]  # fmt: skip
+    print(" ".join(command), flush=True)
+    return subprocess.run(command, cwd=ROOT).returncode
+
+
+def find_runs(out: Path) -> list[tuple[str, int, Path]]:
+    """(experiment, seed, newest checkpoint) of every run under ``<out>/runs`` with a finished checkpoint."""
+    from grace.checkpoint import latest_checkpoint
+
+    runs = []
+    for job in sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []:
+        overrides = job / ".hydra" / "overrides.yaml"
+        checkpoint = latest_checkpoint(job)
+        if not overrides.is_file() or checkpoint is None:
+            continue
+        given = dict(item.split("=", 1) for item in yaml.safe_load(overrides.read_text()) if "=" in item)
+        if given.get("experiment") in METHODS:
+            runs.append((given["experiment"], int(given.get("seed", 0)), checkpoint))
+    return sorted(runs, key=lambda run: (list(METHODS).index(run[0]), run[1]))
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from grace.evaluation.config import EvalSettings, ModelConfig
+    from grace.evaluation.runner import EncoderSpec, evaluate_encoders
+    from grace.evaluation.seeds import summarise, to_markdown
+
+    out = Path(args.out)
+    runs = find_runs(out)
+    if not runs:
+        raise SystemExit(f"no finished run under {out / 'runs'}: run `quality.py train --out {out}` first")
+    labels: dict[str, str] = {}  # row label -> method
+    specs: list[ModelConfig] = [
+        EncoderSpec(source=BASE, label="SmolLM2-135M base (no rationale)", rationale=False),
+        EncoderSpec(source=BASE, label="SmolLM2-135M base + rationale", rationale=True),
+    ]
+    for experiment, seed, checkpoint in runs:
+        label = f"{METHODS[experiment]} seed {seed}"
+        if label in labels:
+            raise SystemExit(f"two runs of {experiment} seed={seed} under {out / 'runs'} (other overrides): keep one, or use another --out")
+        labels[label] = METHODS[experiment]
+        # rationale=None: the checkpoint embeds as its saved settings say (GRACE with, the baselines without).
+        specs.append(EncoderSpec(source=str(checkpoint), label=label))
+    if not args.no_reference:
+        specs.append(ModelConfig(source="packaged:all-minilm-l6-v2", label="all-MiniLM-L6-v2 (reference)", kind="sentence-transformers"))
+    settings = EvalSettings(
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        batch_size=args.batch_size,
+        show_progress=False,
+    )
+    table = evaluate_encoders(specs, args.tasks.split(","), out / "eval", settings)
+    summaries = summarise(table, labels)
+    markdown = to_markdown(table, summaries)
+    setting = f"tasks {args.tasks}; greedy rationales of at most {args.max_new_tokens} tokens; prompts cut at {args.max_prompt_tokens} tokens"
+    (out / "quality.md").write_text(f"{markdown}\nOne evaluation setting for every row: {setting}. Every row: {out / 'eval' / 'results.md'}\n")
+    records = [{"method": s.method, "runs": s.runs, "rationale": s.rationale, "mean": s.mean, "spread": s.spread} for s in summaries]
+    (out / "quality.json").write_text(json.dumps({"setting": setting, "tasks": table.tasks, "methods": records}, indent=2) + "\n")
+    print(markdown)
+
+
+def budget(args: argparse.Namespace) -> None:
+    """Steps per method that fit ``--minutes`` of training, from the mean measured step time of its runs."""
+    seconds: dict[str, list[float]] = {}
+    for experiment, _, checkpoint in find_runs(Path(args.out)):
+        metrics = checkpoint.parent.parent / "metrics.jsonl"
+        times = [json.loads(line)["time/step_seconds"] for line in metrics.read_text().splitlines()]
+        seconds.setdefault(experiment, []).extend(times[1:] or times)  # the first step also warms caches up
+    for experiment in METHODS:
+        if experiment in seconds:
+            per_step = statistics.fmean(seconds[experiment])
+            print(f"{experiment}: {per_step:.1f} s/step -> trainer.max_steps={int(args.minutes * 60 // per_step)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_parser = commands.add_parser("train", help="train every method and seed (Hydra multirun, resumable)")
+    train_parser.add_argument("--out", default="outputs/quality")
+    train_parser.add_argument("--seeds", default="0,1,2")
+    train_parser.add_argument("--methods", default=",".join(METHODS))
+    evaluate_parser = commands.add_parser("evaluate", help="evaluate every run's newest checkpoint and the base rows")
+    evaluate_parser.add_argument("--out", default="outputs/quality")
+    evaluate_parser.add_argument("--tasks", default="offline", help="comma-separated tasks or suites (default: the offline suite)")
+    evaluate_parser.add_argument("--max-new-tokens", type=int, default=32, help="rationale length, as in training")
+    evaluate_parser.add_argument("--max-prompt-tokens", type=int, default=256, help="prompt budget, as in training")
+    evaluate_parser.add_argument("--batch-size", type=int, default=32)
+    evaluate_parser.add_argument("--no-reference", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
+    budget_parser = commands.add_parser("budget", help="steps per method that fit a training budget, from measured step times")
+    budget_parser.add_argument("--out", default="outputs/quality")
+    budget_parser.add_argument("--minutes", type=float, required=True)
+    argv = sys.argv[1:]
+    own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = parser.parse_args(own)
+    if args.command == "train":
+        raise SystemExit(train(args, overrides))
+    if overrides:
+        parser.error(f"{args.command} takes no Hydra overrides")
+    evaluate(args) if args.command == "evaluate" else budget(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The interface between the trainer and what a training step optimises.
+
+The trainer owns everything objectives share: settings, data stream, model loading, optimizer and
+schedule, checkpoints with exact resume, logging and the final evaluation. An objective owns one step::
+
+    objective = build_objective(TrainContext(cfg, model, tokenizer, template, device, autocast, reference))
+    result = objective.step(step, examples, optimizer, scheduler)   # -> StepResult
+    save_checkpoint(..., objective.embedding, ...)                   # how the trained weights embed
+
+``step`` runs the step's forward and backward passes and its optimizer updates (each through
+``grace.optim.apply_update``, which also advances the schedule) and returns what to log. Randomness
+must come from the seeded global generators or from (seed, step): the trainer restores both on resume,
+so 2 steps + resume + 2 steps == 4 steps for every objective (tested per objective).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grace.config import TrainConfig
+from grace.data import Sentence, Triplet
+from grace.embedding import EmbeddingConfig
+from grace.prompts import PromptTemplate
+
+
+@dataclass
+class TrainContext:
+    """The trainer's shared setup, from which every objective is built."""
+
+    cfg: TrainConfig
+    model: PreTrainedModel  # the trained weights, in eval mode between steps
+    tokenizer: PreTrainedTokenizerBase
+    template: PromptTemplate  # the chat template around the system prompt, tokenised once
+    device: torch.device
+    autocast: AbstractContextManager  # bf16 autocast (trainer.precision=bf16) or a no-op; reusable
+    reference: PreTrainedModel | None = None  # frozen starting policy, loaded only when algorithm.kl_coef > 0
+
+
+@dataclass
+class StepResult:
+    """What one step reports; the trainer adds ``step``, ``optim/lr`` and ``time/step_seconds``."""
+
+    metrics: dict[str, float]  # "group/name" -> value, one line of metrics.jsonl
+    updates: int  # optimizer updates taken (each advanced the schedule once)
+    rationales: list[dict[str, Any]] = field(default_factory=list)  # sample rollouts for rationales.jsonl, if any
+
+
+class Objective(ABC):
+    """One training objective; subclasses live one per file in ``grace/objectives/``."""
+
+    name: ClassVar[str]  # the objective.name that selects it
+    progress_metric: ClassVar[tuple[str, str]]  # (label, metric key) shown on the progress bar
+
+    def __init__(self, context: TrainContext) -> None:
+        self.context = context
+
+    @property
+    @abstractmethod
+    def embedding(self) -> EmbeddingConfig:
+        """How the trained weights embed a text; saved beside every checkpoint (``grace_encoder.json``)."""
+
+    @abstractmethod
+    def updates_per_step(self) -> int:
+        """Optimizer updates in every step (the learning-rate schedule counts updates)."""
+
+    @abstractmethod
+    def step(self, step: int, examples: Sequence[Triplet | Sentence], optimizer: torch.optim.Optimizer, scheduler) -> StepResult:
+        """Train on one batch of examples (``trainer.batch_size`` of them); ``step`` counts from 1."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Objective state beyond weights, optimizer and RNG that a resumed run needs (none by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"objective {self.name} keeps no state, but the checkpoint holds {sorted(state)}")

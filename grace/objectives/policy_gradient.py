@@ -1,0 +1,200 @@
+"""objective=grace: the GRACE step.
+
+    examples -> rollouts for every role (rationales, embeddings pooled while generating) -> rewards
+    -> advantages -> PPO update in mini-batches (grace.ppo), optionally with the embedding loss
+
+Rollout seeds are a function of (seed, step, row), so a resumed run samples the rationales it would have
+sampled. Advantage groups are (example, role): the k rationales of one text in one role.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Sequence
+
+from grace.advantages import compute_advantages
+from grace.config import TrainConfig, role_max_new_tokens, role_samples, rollout_roles
+from grace.data import Sentence, Triplet
+from grace.embedding import Decoding, EmbeddingConfig
+from grace.embedding_loss import rollout_partners
+from grace.objectives.base import Objective, StepResult, TrainContext
+from grace.ppo import UpdateStats, ppo_update
+from grace.rewards import RewardBreakdown, compute_rewards, within_group_std
+from grace.rollout import Role, RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
+
+
+class PolicyGradient(Objective):
+    name = "grace"
+    progress_metric = ("reward", "reward/total_mean")
+
+    def __init__(self, context: TrainContext) -> None:
+        super().__init__(context)
+        self.sampling = role_sampling(context.cfg)
+
+    @property
+    def embedding(self) -> EmbeddingConfig:
+        cfg = self.context.cfg.embedding
+        return EmbeddingConfig(
+            system_prompt=cfg.system_prompt,
+            pooling=cfg.pooling,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            decoding=Decoding(max_new_tokens=self.sampling[Role.POSITIVE].max_new_tokens),
+        )
+
+    def updates_per_step(self) -> int:
+        cfg = self.context.cfg
+        return cfg.algorithm.ppo_epochs * (cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size))
+
+    def step(self, step: int, examples: Sequence[Triplet | Sentence], optimizer, scheduler) -> StepResult:
+        context, cfg = self.context, self.context.cfg
+
+        # 1. Rollouts: k rationales per text and role, embeddings pooled during generation.
+        requests = rollout_requests(examples, cfg.mode)
+        rows = expand_requests(requests, self.sampling)
+        context.model.eval()
+        rollout_started = time.perf_counter()
+        with context.autocast:
+            batch = rollout(
+                context.model,
+                context.tokenizer,
+                context.template,
+                requests,
+                self.sampling,
+                pooling=cfg.embedding.pooling,
+                max_prompt_tokens=cfg.embedding.max_prompt_tokens,
+                seeds=[step_seed(cfg.seed, step, i) for i in range(len(rows))],
+                batch_size=cfg.rollout.batch_size,
+            )
+        rollout_seconds = time.perf_counter() - rollout_started
+
+        # 2. Rewards and advantages; advantage groups are (example, role).
+        rewards = compute_rewards(
+            batch.embeddings,
+            batch.group,
+            batch.role,
+            batch.truncated,
+            variant=cfg.reward.variant,
+            mode=cfg.mode,
+            tau=cfg.reward.tau,
+            w_cluster=cfg.reward.w_cluster,
+            w_cross=cfg.reward.w_cross,
+        )
+        key = batch.group * len(Role) + batch.role
+        advantages = compute_advantages(
+            rewards.total, key, rewards.trained, estimator=cfg.algorithm.estimator, scale_by_std=cfg.algorithm.scale_by_std
+        )
+
+        # 3. Policy update, with the embedding loss against the rollout's own (detached) embeddings if asked.
+        partners = rollout_partners(batch.embeddings, batch.group, batch.role, cfg.mode) if cfg.algorithm.embedding_loss_coef > 0 else None
+        update = ppo_update(context.model, context.reference, optimizer, scheduler, batch, advantages, rewards.trained, cfg, context.autocast, partners)
+
+        return StepResult(
+            metrics=step_metrics(cfg, batch, rewards, advantages, key, update, rollout_seconds),
+            updates=update.updates,
+            rationales=sample_rationales(batch, rewards.total, advantages, context.tokenizer, cfg.trainer.rationale_log_count),
+        )
+
+
+def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
+    sampling = {}
+    for name in rollout_roles(cfg):
+        settings = getattr(cfg.rollout, name)
+        sampling[Role[name.upper()]] = RoleSampling(
+            num_samples=role_samples(cfg, name),
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=role_max_new_tokens(cfg, name),  # a role's own 0 is 0, not "unset"
+        )
+    return sampling
+
+
+def rollout_requests(examples: Sequence[Triplet | Sentence], mode: str) -> list[RolloutRequest]:
+    """Supervised: query, positive and negative of each triplet. Unsupervised: the sentence twice, as the
+    "query" view and the "positive" view (their rationales differ, like dropout views in SimCSE)."""
+    requests = []
+    for group, example in enumerate(examples):
+        if mode == "supervised":
+            requests += [
+                RolloutRequest(example.query, group, Role.QUERY),
+                RolloutRequest(example.positive, group, Role.POSITIVE),
+                RolloutRequest(example.negative, group, Role.NEGATIVE),
+            ]
+        else:
+            requests += [RolloutRequest(example.text, group, Role.QUERY), RolloutRequest(example.text, group, Role.POSITIVE)]
+    return requests
+
+
+def step_seed(seed: int, step: int, row: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{step}/{row}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def step_metrics(
+    cfg: TrainConfig, batch: RolloutBatch, rewards: RewardBreakdown, advantages, key, update: UpdateStats, rollout_seconds: float
+) -> dict[str, Any]:
+    trained = rewards.trained
+    lengths = batch.rationale_lengths.float()
+    metrics: dict[str, Any] = {}
+    for name, value in {"total": rewards.total, **rewards.terms}.items():
+        metrics[f"reward/{name}_mean"] = float(value[trained].mean())
+        metrics[f"reward/{name}_std"] = float(value[trained].std(unbiased=False))
+        metrics[f"reward/{name}_within_group_std"] = float(within_group_std(value, key, trained))
+    for role in Role:
+        members = trained & (batch.role == role)
+        if bool(members.any()):
+            metrics[f"reward/total_mean_{role.name.lower()}"] = float(rewards.total[members].mean())
+    metrics.update(
+        {
+            "advantage/mean": float(advantages[trained].mean()),
+            "advantage/std": float(advantages[trained].std(unbiased=False)),
+            "advantage/abs_mean": float(advantages[trained].abs().mean()),
+            "advantage/nonzero_fraction": float((advantages[trained] != 0).float().mean()),
+            "loss/policy": update.policy_loss,
+            "loss/clip_fraction": update.clip_fraction,
+            "loss/kl": update.kl,
+            "loss/entropy": update.entropy,
+            "loss/ratio_max": update.ratio_max,
+        }
+    )
+    if cfg.algorithm.embedding_loss_coef > 0:
+        metrics["loss/embedding"] = update.embedding_loss
+        metrics["loss/embedding_accuracy"] = update.embedding_accuracy
+    metrics.update(
+        {
+            "optim/grad_norm": update.grad_norm,
+            "rollout/rationale_length_mean": float(lengths.mean()),
+            "rollout/rationale_length_max": float(lengths.max()),
+            "rollout/truncation_rate": float(batch.truncated.float().mean()),
+            "rollout/input_truncation_rate": float(batch.input_truncated.float().mean()),
+            "rollout/rows": len(batch),
+            "time/rollout_seconds": rollout_seconds,
+            "time/generated_tokens_per_second": float(lengths.sum()) / max(rollout_seconds, 1e-9),
+        }
+    )
+    return metrics
+
+
+def sample_rationales(batch: RolloutBatch, rewards, advantages, tokenizer, count: int) -> list[dict[str, Any]]:
+    """The first rollout of each role of the first groups: a few readable samples, decoded alone."""
+    rows: list[dict[str, Any]] = []
+    seen = set()
+    for i in range(len(batch)):
+        slot = (int(batch.group[i]), int(batch.role[i]))
+        if slot in seen:
+            continue
+        seen.add(slot)
+        ids = batch.rationale_ids[i][batch.rationale_mask[i]].tolist()
+        rows.append(
+            {
+                "group": slot[0],
+                "role": Role(slot[1]).name.lower(),
+                "text": batch.texts[i],
+                "rationale": tokenizer.decode(ids, skip_special_tokens=True),
+                "reward": float(rewards[i]),
+                "advantage": float(advantages[i]),
+                "truncated": bool(batch.truncated[i]),
+            }
+        )
+        if len(rows) == count:
+            break
+    return rows

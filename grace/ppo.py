@@ -1,0 +1,205 @@
+"""The PPO update of a GRACE step: rollouts with advantages -> optimizer updates of the policy.
+
+PPO epochs over mini-batches of examples; each mini-batch is one optimizer update, computed in
+micro-batches of rows whose losses are normalised by the mini-batch's size, so that the accumulated
+gradient equals the full mini-batch gradient. The loss of a row is the PPO clipped surrogate (with
+optional KL and entropy terms, ``grace.loss``) plus, when ``algorithm.embedding_loss_coef > 0``, that
+coefficient times the InfoNCE loss of the row's pooled embedding against its detached in-batch partners
+(``grace.embedding_loss``), normalised by the mini-batch's count of rows that take part in it.
+
+Which rows are forwarded: a row with zero advantage adds nothing to the clipped surrogate and is skipped,
+unless KL or entropy terms need it (it still counts in the normaliser, so the loss value is unchanged),
+or it takes part in the embedding loss, which does not depend on the advantage. A row forwarded only for
+the embedding loss (e.g. a query in the paper variant, which gets no policy gradient) has its PPO terms
+masked out.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from grace.config import TrainConfig
+from grace.embedding_loss import EmbeddingPartners
+from grace.infonce import info_nce
+from grace.loss import policy_logprobs, ppo_loss
+from grace.optim import apply_update
+from grace.rollout import RolloutBatch
+
+
+@dataclass
+class UpdateStats:
+    policy_loss: float = 0.0
+    clip_fraction: float = 0.0
+    kl: float = 0.0
+    entropy: float = 0.0
+    ratio_max: float = 1.0
+    grad_norm: float = 0.0
+    updates: int = 0
+    embedding_loss: float = 0.0  # mean over updates of each mini-batch's mean InfoNCE (0 without the embedding loss)
+    embedding_accuracy: float = 0.0  # share of embedding-loss rows whose partner is their most similar candidate
+
+
+@dataclass
+class MiniBatch:
+    """The rows of one optimizer update and how their loss terms are normalised."""
+
+    policy_rows: torch.Tensor  # [R] bool, rows whose PPO terms count (trained rows of the mini-batch's groups)
+    forward_rows: torch.Tensor  # [R] bool, rows to run the policy over (a superset of what contributes)
+    normaliser: float  # the PPO terms' divisor: the mini-batch's rationale tokens or sequences
+    embedding_rows: torch.Tensor | None = None  # [R] bool, rows in the embedding loss (None: no embedding loss)
+
+
+@dataclass
+class StepTotals:
+    """Running sums over a step's micro-batches (each term already divided by its mini-batch's size)."""
+
+    policy_loss: float = 0.0
+    kl: float = 0.0
+    clipped_tokens: float = 0.0
+    ratio_max: float = 1.0
+    entropy_sum: float = 0.0  # over the policy tokens actually computed
+    entropy_tokens: float = 0.0
+    embedding_loss: float = 0.0
+    embedding_correct: int = 0
+
+
+def ppo_update(
+    model: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    batch: RolloutBatch,
+    advantages: torch.Tensor,
+    trained: torch.Tensor,
+    cfg: TrainConfig,
+    autocast: AbstractContextManager,
+    partners: EmbeddingPartners | None = None,
+) -> UpdateStats:
+    """Every optimizer update of one step; ``advantages`` [R] float, ``trained`` [R] bool. ``partners``
+    (from ``rollout_partners``) switches the embedding loss on, weighted by ``algorithm.embedding_loss_coef``."""
+    algorithm = cfg.algorithm
+    model.train()
+    if algorithm.recompute_old_logprobs:
+        batch.logprobs = _logprobs_in_chunks(model, batch, torch.nonzero(trained).flatten(), cfg, autocast)
+    groups = torch.unique(batch.group[trained])
+    per_update = cfg.trainer.mini_batch_size or cfg.trainer.batch_size
+    needs_all_rows = algorithm.kl_coef > 0 or algorithm.entropy_coef > 0
+    stats, totals, grad_norms, embedding_rows = UpdateStats(), StepTotals(), 0.0, 0
+    for _ in range(algorithm.ppo_epochs):
+        for start in range(0, len(groups), per_update):
+            in_groups = torch.isin(batch.group, groups[start : start + per_update])
+            in_update = trained & in_groups
+            mask = batch.rationale_mask
+            normaliser = float(mask[in_update].sum()) if algorithm.aggregation == "token-mean" else float(in_update.sum())
+            forward = in_update if needs_all_rows else in_update & (advantages != 0)
+            embedding = partners.takes_part & in_groups if partners is not None else None
+            if embedding is not None:
+                forward = forward | embedding
+                embedding_rows += int(embedding.sum())
+            optimizer.zero_grad(set_to_none=True)
+            rows = MiniBatch(in_update, forward, normaliser, embedding)
+            accumulate_gradients(model, reference, batch, advantages, rows, cfg, autocast, totals, partners)
+            grad_norms += apply_update(model, optimizer, scheduler, cfg.trainer.grad_clip)
+            stats.updates += 1
+    tokens = float(batch.rationale_mask[trained].sum())
+    stats.policy_loss = totals.policy_loss / stats.updates
+    stats.kl = totals.kl / stats.updates
+    stats.grad_norm = grad_norms / stats.updates  # mean over the step's optimizer updates
+    stats.entropy = totals.entropy_sum / max(totals.entropy_tokens, 1.0)
+    stats.clip_fraction = totals.clipped_tokens / max(tokens * algorithm.ppo_epochs, 1.0)
+    stats.ratio_max = totals.ratio_max
+    stats.embedding_loss = totals.embedding_loss / stats.updates
+    stats.embedding_accuracy = totals.embedding_correct / max(embedding_rows, 1)
+    model.eval()
+    return stats
+
+
+def accumulate_gradients(
+    model: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    batch: RolloutBatch,
+    advantages: torch.Tensor,
+    rows: MiniBatch,
+    cfg: TrainConfig,
+    autocast: AbstractContextManager,
+    totals: StepTotals,
+    partners: EmbeddingPartners | None = None,
+) -> None:
+    """Backward of one mini-batch's loss, ``trainer.micro_batch_size`` rows at a time, into ``.grad``;
+    its logged numbers are added to ``totals``.
+
+    Every term is divided by the whole mini-batch's count (``rows.normaliser`` for the PPO terms, the
+    embedding rows for the embedding loss), so the accumulated gradient is the full mini-batch gradient.
+    """
+    algorithm = cfg.algorithm
+    entropy_mode = "trained" if algorithm.entropy_coef > 0 else "logged"
+    pooling = cfg.embedding.pooling if partners is not None else None
+    embedding_count = max(float(rows.embedding_rows.sum()), 1.0) if rows.embedding_rows is not None else 1.0
+    selected = torch.nonzero(rows.forward_rows).flatten()
+    for micro in selected.split(cfg.trainer.micro_batch_size) if len(selected) else ():
+        part = batch.select(micro)
+        with autocast:
+            current = policy_logprobs(model, part, entropy=entropy_mode, pooling=pooling)
+            ref = None
+            if reference is not None:
+                with torch.no_grad():
+                    ref = policy_logprobs(reference, part).logprobs
+        device = current.logprobs.device
+        # Rows forwarded only for the embedding loss contribute no PPO term (a mask of False removes them).
+        policy_mask = part.rationale_mask.to(device)
+        if partners is not None:
+            policy_mask = policy_mask & rows.policy_rows[micro].to(device).unsqueeze(1)
+        out = ppo_loss(
+            current.logprobs,
+            part.logprobs.to(device),
+            advantages[micro].to(device),
+            policy_mask,
+            clip_low=algorithm.clip_low,
+            clip_high=algorithm.clip_high,
+            aggregation=algorithm.aggregation,
+            normaliser=max(rows.normaliser, 1.0),
+            ref_logprobs=ref,
+            kl_coef=algorithm.kl_coef,
+            kl_estimator=algorithm.kl_estimator,
+            entropy=current.entropy,
+            entropy_coef=algorithm.entropy_coef,
+        )
+        loss = out.loss
+        if partners is not None:
+            member = rows.embedding_rows[micro].to(device)
+            if bool(member.any()):
+                contrast = info_nce(
+                    current.embeddings[member],
+                    partners.candidates.to(device),
+                    partners.targets[micro].to(device)[member],
+                    temperature=algorithm.embedding_loss_temperature,
+                    exclude=partners.exclude[micro].to(device)[member],
+                )
+                embedding_loss = contrast.loss.sum() / embedding_count
+                loss = loss + algorithm.embedding_loss_coef * embedding_loss
+                totals.embedding_loss += float(embedding_loss.detach())
+                totals.embedding_correct += int(contrast.correct.sum())
+        loss.backward()
+        # Each micro-batch's terms are already divided by the mini-batch size: they add up.
+        totals.policy_loss += float(out.policy_loss)
+        totals.kl += float(out.kl)
+        policy_tokens = float(policy_mask.sum())
+        entropy = current.entropy.detach() if partners is None else torch.where(policy_mask, current.entropy.detach(), 0.0)
+        totals.entropy_sum += float(entropy.sum())
+        totals.entropy_tokens += policy_tokens
+        totals.clipped_tokens += float(out.clip_fraction) * policy_tokens
+        totals.ratio_max = max(totals.ratio_max, float(out.ratio_max))
+
+
+@torch.no_grad()
+def _logprobs_in_chunks(model, batch: RolloutBatch, rows: torch.Tensor, cfg: TrainConfig, autocast) -> torch.Tensor:
+    logprobs = batch.logprobs.clone()
+    for micro in rows.split(cfg.trainer.micro_batch_size) if len(rows) else ():
+        part = batch.select(micro)
+        with autocast:
+            values = policy_logprobs(model, part).logprobs.float().to(logprobs.device)
+        logprobs[micro, : values.shape[1]] = values
+    return logprobs
