@@ -46,7 +46,7 @@ class Finisher:
             logger.log_evaluation("final_eval", self.table, step=result.steps_done)
         elif self.divergence is not None:
             self.notes.append(f"diverged: {self.divergence}; the final evaluation was skipped")
-        self.metric = resolve_metric(self.cfg.sweep.metric, self.cfg.final_eval.enabled)
+        self.metric = resolve_metric(self.cfg.sweep.metric, self.cfg.final_eval.enabled, self.cfg.objective.name)
         sweep = self.cfg.sweep
         try:
             scores = self.table.primary_scores() if self.table is not None else None
@@ -66,7 +66,7 @@ class Finisher:
         self.divergence = find_divergence(read_metrics(output_dir / METRICS_FILE))
         if self.divergence is None:
             return None
-        self.metric = resolve_metric(self.cfg.sweep.metric, self.cfg.final_eval.enabled)
+        self.metric = resolve_metric(self.cfg.sweep.metric, self.cfg.final_eval.enabled, self.cfg.objective.name)
         self.value = worst_value(self.cfg.sweep.direction, self.cfg.sweep.diverged_value)
         return self.value
 

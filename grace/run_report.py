@@ -200,7 +200,11 @@ def _sweep_value(run: Run) -> float | None:
         from grace.evaluation.report import ComparisonTable
 
         scores = ComparisonTable.from_dict(json.loads(results_json.read_text())).primary_scores()
-    metric = resolve_metric(str(run.config.get("sweep.metric", "auto")), bool(run.config.get("final_eval.enabled", False)))
+    metric = resolve_metric(
+        str(run.config.get("sweep.metric", "auto")),
+        bool(run.config.get("final_eval.enabled", False)),
+        str(run.config.get("objective.name", "grace")),
+    )
     try:
         return sweep_value(
             metric, run.metrics, scores, direction=str(run.config.get("sweep.direction", "maximize")),

@@ -64,6 +64,7 @@ def test_the_value_is_the_named_metric_reduced_as_set(metric, reduce, last_steps
 def test_auto_is_the_final_evaluation_when_it_runs_else_the_reward():
     assert resolve_metric("auto", True) == "final_eval/mean"
     assert resolve_metric("auto", False) == "reward/total_mean"
+    assert resolve_metric("auto", False, "contrastive") == resolve_metric("auto", False, "simcse") == "infonce/accuracy"
     assert resolve_metric("loss/policy", True) == "loss/policy"
 
 

@@ -41,6 +41,7 @@ def test_a_baseline_objective_trains_from_the_command_line_and_its_checkpoint_em
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and all(m["loss/infonce"] > 0 for m in metrics)
     assert not (out / "rationales.jsonl").exists()  # no rationale is written
+    assert "sweep value: infonce/accuracy = " in done.stdout  # sweep.metric=auto reads the objective's own score
     encoder = GraceEncoder.from_pretrained(out)
     assert encoder.configs["document"].rationale is False
     assert encoder.explain(["a test sentence"]) == [""] and encoder.encode(["a test sentence"]).shape == (1, 64)
