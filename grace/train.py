@@ -77,6 +77,7 @@ def _before_after(cfg: TrainConfig, checkpoint: Path, output_dir: Path) -> None:
         batch_size=cfg.final_eval.batch_size,
         device=str(resolve_device(cfg.model.device)),  # where the run trained, GPU included
         dtype=cfg.model.dtype,
+        generation=cfg.generation,
     )
     table = before_after(checkpoint, output_dir, base=cfg.model.source, tasks=list(cfg.final_eval.tasks), settings=settings)
     print(f"\nbefore/after training ({output_dir}):\n{table.to_markdown()}")
