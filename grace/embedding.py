@@ -69,6 +69,7 @@ class EmbedOutput:
     embeddings: torch.Tensor  # [N, H] float32 on CPU, L2-normalised
     rationales: list[str]  # [N] the (first) rationale of each text; "" without rationale
     truncated: torch.Tensor  # [N] bool, the (first) rationale hit max_new_tokens without EOS
+    rationale_lengths: torch.Tensor  # [N] long, generated tokens of the (first) rationale, EOS included
     sample_rationales: list[list[str]] = field(default_factory=list)  # [N][num_samples] when num_samples > 1
 
 
@@ -112,6 +113,7 @@ def embed(
     embeddings: dict[str, torch.Tensor] = {}
     rationales: dict[str, list[str]] = {}
     truncated: dict[str, bool] = {}
+    lengths: dict[str, int] = {}
     report = _TextProgress(progress, k)
     # Texts go to the engine a window at a time: it keeps its slots busy across batches within a window,
     # and the window bounds the memory the finished rows' token tensors take.
@@ -139,10 +141,12 @@ def embed(
             embeddings[text] = mean[i].float().cpu()
             rationales[text] = decoded[i * k : (i + 1) * k]
             truncated[text] = bool(batch.truncated[i * k])
+            lengths[text] = int(batch.rationale_lengths[i * k])
     return EmbedOutput(
         embeddings=torch.stack([embeddings[t] for t in texts]) if texts else torch.zeros(0, 0),
         rationales=[rationales[t][0] for t in texts],
         truncated=torch.tensor([truncated[t] for t in texts], dtype=torch.bool),
+        rationale_lengths=torch.tensor([lengths[t] for t in texts], dtype=torch.long),
         sample_rationales=[rationales[t] for t in texts] if decoding.num_samples > 1 else [],
     )
 

@@ -179,11 +179,11 @@ class _Run:
         hidden, _ = decoder_forward(
             self.model, ids, mask, position_ids(mask)[:, -width:], cache=self.cache, use_cache=True
         )
-        inverse = torch.tensor([distinct.index(i) for i in source], device=self.device)
         copies = [i for i, s in enumerate(source) if s != i]
         if copies:
             self.cache.copy_rows(slots[[source[i] for i in copies]], slots[copies], width)
-        hidden, spans = hidden[inverse], spans[inverse]  # [m, n, H], [m, n]
+            inverse = torch.tensor([distinct.index(i) for i in source], device=self.device)
+            hidden, spans = hidden[inverse], spans[inverse]  # [m, n, H], [m, n]
 
         rows_t = torch.tensor(rows, device=self.device)
         self.row[slots] = rows_t
@@ -222,11 +222,8 @@ class _Run:
             hidden = hidden[:, -1]
         self.cache.close_step(occupied)
 
-        for slot, row, token, logprob in zip(
-            occupied.nonzero().flatten().tolist(),
-            self.row[occupied].tolist(),
-            tokens[occupied].tolist(),
-            self.next_logprob[occupied].tolist(),
+        for row, token, logprob in zip(
+            self.row[occupied].tolist(), tokens[occupied].tolist(), self.next_logprob[occupied].tolist()
         ):
             self.tokens[row].append(token)
             self.logprobs[row].append(logprob)
