@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 
 from grace.advantages import ESTIMATORS
 from grace.data.readers import check_source
+from grace.engine import GenerationOptions
 from grace.loss import AGGREGATIONS, KL_ESTIMATORS
 from grace.pooling import POOLING_METHODS
 from grace.prompts import GRACE_SYSTEM_PROMPT
@@ -182,6 +183,8 @@ class TrainConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
+    # How rollouts are computed, never what they are (grace.engine): e.g. generation.compile=true on GPUs
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grace.engine import GenerationOptions
 from grace.pooling import check_pooling
 from grace.prompts import GRACE_SYSTEM_PROMPT, PromptTemplate
 from grace.rollout import Role, RoleSampling, RolloutRequest, rollout
@@ -71,12 +72,13 @@ class EmbedOutput:
     embeddings: torch.Tensor  # [N, H] float32 on CPU, L2-normalised ([H] for one str)
     rationales: list[str] | str  # [N] the (first) rationale of each text; "" without rationale (a str for one str)
     truncated: torch.Tensor  # [N] bool, the (first) rationale hit max_new_tokens without EOS ([] for one str)
+    rationale_lengths: torch.Tensor  # [N] long, generated tokens of the (first) rationale, EOS included ([] for one str)
     sample_rationales: list = field(default_factory=list)  # [N][num_samples] str when num_samples > 1 ([num_samples])
 
     def single(self) -> "EmbedOutput":
         """The output of a batch of one, for one text."""
         samples = self.sample_rationales[0] if self.sample_rationales else []
-        return EmbedOutput(self.embeddings[0], self.rationales[0], self.truncated[0], samples)
+        return EmbedOutput(self.embeddings[0], self.rationales[0], self.truncated[0], self.rationale_lengths[0], samples)
 
 
 def text_seed(seed: int, text: str, sample: int) -> int:
@@ -94,18 +96,21 @@ def embed(
     batch_size: int = 16,
     template: PromptTemplate | None = None,
     progress: Callable[[int], None] | None = None,
+    options: GenerationOptions = GenerationOptions(),
 ) -> EmbedOutput:
     """Embed ``texts`` (one ``str`` or a batch, see ``grace.texts``); identical texts are computed once.
 
-    ``progress(n)`` is called after each batch. Raises ``TypeError`` for what is not text and ``ValueError``
-    naming the index of an empty text.
+    ``progress(n)`` is called as texts finish. ``batch_size``: rationales decoded together. ``options``: how
+    they are computed (shared prefix, continuous batching, compiled decoding; ``grace.engine``), never what
+    they are. Raises ``TypeError`` for what is not text and ``ValueError`` naming the index of an empty text.
     """
     texts, one = text_batch(texts)
     check_not_empty(texts)
     template = template or PromptTemplate.build(tokenizer, config.system_prompt)
     decoding = config.decoding
+    k = decoding.num_samples
     sampling = RoleSampling(
-        num_samples=decoding.num_samples,
+        num_samples=k,
         temperature=decoding.temperature,
         top_p=decoding.top_p,
         max_new_tokens=decoding.max_new_tokens if config.rationale else 0,
@@ -116,11 +121,15 @@ def embed(
     embeddings: dict[str, torch.Tensor] = {}
     rationales: dict[str, list[str]] = {}
     truncated: dict[str, bool] = {}
-    texts_per_batch = max(1, batch_size // decoding.num_samples)
-    for start in range(0, len(order), texts_per_batch):
-        chunk = [unique[i] for i in order[start : start + texts_per_batch]]
+    lengths: dict[str, int] = {}
+    report = _TextProgress(progress, k)
+    # Texts go to the engine a window at a time: it keeps its slots busy across batches within a window,
+    # and the window bounds the memory the finished rows' token tensors take.
+    window = max(_TEXTS_PER_CALL, batch_size // k)
+    for start in range(0, len(order), window):
+        chunk = [unique[i] for i in order[start : start + window]]
         requests = [RolloutRequest(text, group, Role.QUERY) for group, text in enumerate(chunk)]
-        seeds = [text_seed(decoding.seed, text, s) for text in chunk for s in range(decoding.num_samples)]
+        seeds = [text_seed(decoding.seed, text, s) for text in chunk for s in range(k)]
         batch = rollout(
             model,
             tokenizer,
@@ -131,23 +140,42 @@ def embed(
             max_prompt_tokens=config.max_prompt_tokens,
             seeds=seeds,
             batch_size=batch_size,
+            options=options,
+            progress=report,
         )
-        k = decoding.num_samples
         mean = torch.nn.functional.normalize(batch.embeddings.view(len(chunk), k, -1).mean(dim=1), dim=-1)
         decoded = _decode_rationales(tokenizer, batch.rationale_ids, batch.rationale_mask)
         for i, text in enumerate(chunk):
             embeddings[text] = mean[i].float().cpu()
             rationales[text] = decoded[i * k : (i + 1) * k]
             truncated[text] = bool(batch.truncated[i * k])
-        if progress is not None:
-            progress(len(chunk))
+            lengths[text] = int(batch.rationale_lengths[i * k])
     out = EmbedOutput(
         embeddings=torch.stack([embeddings[t] for t in texts]) if texts else torch.zeros(0, 0),
         rationales=[rationales[t][0] for t in texts],
         truncated=torch.tensor([truncated[t] for t in texts], dtype=torch.bool),
+        rationale_lengths=torch.tensor([lengths[t] for t in texts], dtype=torch.long),
         sample_rationales=[rationales[t] for t in texts] if decoding.num_samples > 1 else [],
     )
     return out.single() if one else out
+
+
+# Distinct texts per call of the engine (see embed).
+_TEXTS_PER_CALL = 1024
+
+
+class _TextProgress:
+    """Turns finished rollout rows into finished texts (k rows per text) for a ``progress`` callback."""
+
+    def __init__(self, progress: Callable[[int], None] | None, k: int):
+        self.progress, self.k, self.rows, self.reported = progress, k, 0, 0
+
+    def __call__(self, rows: int) -> None:
+        self.rows += rows
+        texts = self.rows // self.k - self.reported
+        if texts and self.progress is not None:
+            self.progress(texts)
+        self.reported += texts
 
 
 def _decode_rationales(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

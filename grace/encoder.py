@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.cache import CachedEmbedding, EmbeddingCache, canonical_config
 from grace.embedding import Decoding, EmbeddingConfig, embed
+from grace.engine import GenerationOptions
 from grace.models import cache_dir, count_parameters, load_policy
 from grace.prompts import PromptTemplate
 from grace.sources import resolve_source
@@ -63,15 +64,19 @@ class GraceEncoder:
         batch_size: int = 16,
         cache: EmbeddingCache | None = None,
         expected_fingerprint: str | None = None,
+        generation: GenerationOptions | None = None,
     ):
         """``expected_fingerprint``: what the saved settings say the weights hash to; a warning is logged
-        if they differ once the fingerprint is computed (lazily: hashing a large model takes seconds)."""
+        if they differ once the fingerprint is computed (lazily: hashing a large model takes seconds).
+        ``generation``: how rationales are computed (``grace.engine``: shared prefix, continuous batching,
+        compiled decoding); it never changes an embedding, so it is neither saved nor part of a cache key."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.configs = {"document": document or EmbeddingConfig(), "query": query or document or EmbeddingConfig()}
         self.name = name
         self.batch_size = batch_size
         self.cache = cache
+        self.generation = generation or GenerationOptions()
         self._templates: dict[str, PromptTemplate] = {}
         self._fingerprint: str | None = None
         self._tokenizer_fingerprint: str | None = None
@@ -91,6 +96,7 @@ class GraceEncoder:
         query: EmbeddingConfig | None = None,
         batch_size: int = 16,
         cache: bool | str | Path = False,
+        generation: GenerationOptions | None = None,
     ) -> "GraceEncoder":
         """Load a saved encoder, a training checkpoint or run directory, the packaged model, a .gguf file (or a
         directory holding one) or any instruct model: every form ``grace.sources`` accepts.
@@ -120,6 +126,7 @@ class GraceEncoder:
             batch_size=batch_size,
             cache=embedding_cache,
             expected_fingerprint=saved.get("fingerprint") if same_dtype else None,
+            generation=generation,
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -180,6 +187,7 @@ class GraceEncoder:
                 batch_size=batch_size or self.batch_size,
                 template=self._template(config.system_prompt),
                 progress=progress,
+                options=self.generation,
             )
             computed = {
                 text: CachedEmbedding(out.embeddings[i].numpy(), out.rationales[i], bool(out.truncated[i]))

@@ -118,6 +118,7 @@ def before_after(cfg: TrainConfig, checkpoint: Path, output_dir: Path) -> Compar
         batch_size=cfg.final_eval.batch_size,
         device=str(resolve_device(cfg.model.device)),  # where the run trained, GPU included
         dtype=cfg.model.dtype,
+        generation=cfg.generation,
     )
     return evaluate_before_after(checkpoint, output_dir, base=cfg.model.source, tasks=list(cfg.final_eval.tasks), settings=settings)
 

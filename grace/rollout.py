@@ -6,14 +6,19 @@ rows of one example share a group id, which is what rewards and advantages group
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grace.engine import GenerationOptions, generate_rows, supports
 from grace.generation import Generation, generate
-from grace.prompts import PromptBatch, PromptTemplate, Span, render_prompt
+from grace.prompts import Prompt, PromptBatch, PromptTemplate, Span, render_prompt
+
+logger = logging.getLogger(__name__)
 
 
 class Role(IntEnum):
@@ -128,52 +133,104 @@ def rollout(
     max_prompt_tokens: int | None,
     seeds: list[int],
     batch_size: int = 64,
+    options: GenerationOptions = GenerationOptions(),
+    progress: Callable[[int], None] | None = None,
 ) -> RolloutBatch:
     """Roll out every request ``num_samples`` times; ``seeds`` gives one seed per rollout row.
 
-    Rows are generated ``batch_size`` at a time, longest prompts together so padding stays small.
+    ``batch_size``: rows decoded together (the engine's slots). ``options``: how (``grace.engine``); all
+    off, rows go in fixed batches of ``batch_size``, longest prompts together, through the plain loop.
+    ``progress(n)`` is called as rows finish.
     """
     rows = expand_requests(requests, sampling)
     if len(seeds) != len(rows):
         raise ValueError(f"need one seed per rollout row: {len(rows)} rows, {len(seeds)} seeds")
     prompts = [render_prompt(tokenizer, request.text, template, max_prompt_tokens) for request, _ in rows]
-    order = sorted(range(len(rows)), key=lambda i: -len(prompts[i].ids))
-    eos_ids = _eos_ids(model, tokenizer)
+    settings = dict(  # per row, for either path
+        temperature=torch.tensor([s.temperature for _, s in rows], dtype=torch.float32),
+        top_p=torch.tensor([s.top_p for _, s in rows], dtype=torch.float32),
+        max_new_tokens=torch.tensor([s.max_new_tokens for _, s in rows]),
+        seeds=seeds,
+        eos_ids=_eos_ids(model, tokenizer),
+        pad_id=tokenizer.pad_token_id,
+        pooling=pooling,
+    )
+    if _use_engine(model, options):
+        merged = generate_rows(model, prompts, slots=batch_size, options=options, progress=progress, **settings)
+    else:
+        merged = _fixed_batches(model, prompts, batch_size, progress, **settings)
+    device = merged.sequence_ids.device
+    return RolloutBatch(
+        sequence_ids=merged.sequence_ids,
+        attention_mask=merged.attention_mask,
+        spans=merged.spans,
+        logprobs=merged.logprobs,
+        embeddings=merged.embeddings,
+        group=torch.tensor([r.group for r, _ in rows], dtype=torch.long, device=device),
+        role=torch.tensor([int(r.role) for r, _ in rows], dtype=torch.long, device=device),
+        truncated=merged.truncated,
+        input_truncated=torch.tensor([p.input_truncated for p in prompts], device=device),
+        temperature=torch.tensor([s.temperature for _, s in rows], dtype=torch.float32, device=device),
+        prompt_length=merged.prompt_length,
+        texts=[r.text for r, _ in rows],
+    )
+
+
+def _use_engine(model: PreTrainedModel, options: GenerationOptions) -> bool:
+    if options.plain:
+        return False
+    if not supports(model):
+        logger.warning("%s has attention layers the generation engine does not cover: using the plain loop", type(model).__name__)
+        return False
+    return True
+
+
+def _fixed_batches(
+    model: PreTrainedModel,
+    prompts: list[Prompt],
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    *,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    max_new_tokens: torch.Tensor,
+    seeds: list[int],
+    eos_ids: list[int],
+    pad_id: int,
+    pooling: str,
+) -> Generation:
+    """The plain path: ``batch_size`` rows at a time, longest prompts together so padding stays small."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
     chunks: list[tuple[list[int], Generation]] = []
-    for start in range(0, len(rows), batch_size):
+    for start in range(0, len(prompts), batch_size):
         index = order[start : start + batch_size]
-        settings = [rows[i][1] for i in index]
         chunk = generate(
             model,
-            PromptBatch.collate([prompts[i] for i in index], tokenizer.pad_token_id),
-            temperature=torch.tensor([s.temperature for s in settings], dtype=torch.float32),
-            top_p=torch.tensor([s.top_p for s in settings], dtype=torch.float32),
-            max_new_tokens=torch.tensor([s.max_new_tokens for s in settings]),
+            PromptBatch.collate([prompts[i] for i in index], pad_id),
+            temperature=temperature[index],
+            top_p=top_p[index],
+            max_new_tokens=max_new_tokens[index],
             seeds=[seeds[i] for i in index],
             eos_ids=eos_ids,
-            pad_id=tokenizer.pad_token_id,
+            pad_id=pad_id,
             pooling=pooling,
         )
         chunks.append((index, chunk))
-    merged = merge_generations([c for _, c in chunks], pad_id=tokenizer.pad_token_id)
-    # Undo the length sort: row i of the result is rows[i].
-    inverse = torch.empty(len(rows), dtype=torch.long)
-    inverse[torch.tensor([i for index, _ in chunks for i in index])] = torch.arange(len(rows))
+        if progress is not None:
+            progress(len(index))
+    merged = merge_generations([c for _, c in chunks], pad_id=pad_id)
+    # Undo the length sort: row i of the result is prompts[i].
+    inverse = torch.empty(len(prompts), dtype=torch.long)
+    inverse[torch.tensor([i for index, _ in chunks for i in index])] = torch.arange(len(prompts))
     inverse = inverse.to(merged.sequence_ids.device)
-    device = merged.sequence_ids.device
-    return RolloutBatch(
+    return Generation(
         sequence_ids=merged.sequence_ids[inverse],
         attention_mask=merged.attention_mask[inverse],
         spans=merged.spans[inverse],
         logprobs=merged.logprobs[inverse],
         embeddings=merged.embeddings[inverse],
-        group=torch.tensor([r.group for r, _ in rows], dtype=torch.long, device=device),
-        role=torch.tensor([int(r.role) for r, _ in rows], dtype=torch.long, device=device),
         truncated=merged.truncated[inverse],
-        input_truncated=torch.tensor([p.input_truncated for p in prompts], device=device),
-        temperature=torch.tensor([s.temperature for _, s in rows], dtype=torch.float32, device=device),
         prompt_length=merged.prompt_length,
-        texts=[r.text for r, _ in rows],
     )
 
 

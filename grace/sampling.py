@@ -45,25 +45,32 @@ def sample_next(
     top_p: torch.Tensor,
     generators: list[torch.Generator],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next token [B] and its log-probability [B] for logits [B, V]; ``temperature``, ``top_p`` [B]."""
-    log_probs = scaled_log_probs(logits, temperature)
-    greedy_tokens = log_probs.argmax(dim=-1)
+    """Next token [B] and its log-probability [B] for logits [B, V]; ``temperature``, ``top_p`` [B].
+
+    Each row draws one number from its generator per call when any row of the call samples, so a
+    sampled row's stream advances once per token, whichever rows share its call.
+    """
     sampled = temperature > 0
-    if bool(sampled.any()):
-        probs = log_probs.exp()
-        uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).to(logits.device)
-        sampled_tokens = _inverse_cdf(probs, uniform)
-        nucleus = sampled & (top_p < 1)
-        if bool(nucleus.any()):  # sorting the vocabulary is the expensive part: only for nucleus rows
-            rows = torch.nonzero(nucleus).flatten()
-            sorted_probs, order = probs[rows].sort(dim=-1, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
-            outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p[rows].unsqueeze(-1).float()
-            index = _inverse_cdf(sorted_probs.masked_fill(outside, 0.0), uniform[rows])
-            sampled_tokens[rows] = order.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        tokens = torch.where(sampled, sampled_tokens, greedy_tokens)
-    else:
-        tokens = greedy_tokens
+    if not bool(sampled.any()):
+        # All greedy (every embedding by default): the argmax of the logits, and a log-prob from one
+        # logsumexp, instead of writing a [B, V] log-softmax to read one value per row.
+        logits = logits.float()
+        tokens = logits.argmax(dim=-1)
+        chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return tokens, chosen - torch.logsumexp(logits, dim=-1)
+    log_probs = scaled_log_probs(logits, temperature)
+    probs = log_probs.exp()
+    uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).to(logits.device)
+    sampled_tokens = _inverse_cdf(probs, uniform)
+    nucleus = sampled & (top_p < 1)
+    if bool(nucleus.any()):  # sorting the vocabulary is the expensive part: only for nucleus rows
+        rows = torch.nonzero(nucleus).flatten()
+        sorted_probs, order = probs[rows].sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p[rows].unsqueeze(-1).float()
+        index = _inverse_cdf(sorted_probs.masked_fill(outside, 0.0), uniform[rows])
+        sampled_tokens[rows] = order.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    tokens = torch.where(sampled, sampled_tokens, log_probs.argmax(dim=-1))
     return tokens, log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 

@@ -101,6 +101,15 @@ def test_settings_that_only_look_odd_are_accepted(overrides):
     validate(compose_config(*overrides))
 
 
+def test_generation_options_are_typed_and_checked():
+    cfg = compose_config("generation.compile=true", "generation.continuous=false")
+    assert (cfg.generation.compile, cfg.generation.continuous, cfg.generation.shared_prefix) == (True, False, True)
+    with pytest.raises(Exception, match="compiled"):
+        compose_config("generation.compiled=true")
+    with pytest.raises(Exception, match="generation.compile"):
+        compose_config("generation.compile=sometimes")
+
+
 def test_the_paper_reward_on_one_example_per_step_warns_that_its_cross_term_is_zero():
     with pytest.warns(UserWarning, match="cross-group term.*always 0"):
         validate(compose_config("reward=paper", "trainer.batch_size=1"))

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from grace.embedding import Decoding, EmbeddingConfig, embed
+from grace.engine import GenerationOptions
 from grace.forward import decoder_forward, position_ids
 from grace.pooling import pool_hidden
 from grace.prompts import PromptBatch, render_prompt
@@ -49,6 +50,35 @@ def test_several_samples_are_averaged(tiny):
     out = embed(*tiny, TEXTS[:2], config)
     assert len(out.sample_rationales) == 2 and len(out.sample_rationales[0]) == 3
     assert torch.allclose(out.embeddings.norm(dim=1), torch.ones(2))
+
+
+PLAIN = GenerationOptions(shared_prefix=False, continuous=False)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        EmbeddingConfig(rationale=False),
+        EmbeddingConfig(decoding=Decoding(max_new_tokens=6)),
+        EmbeddingConfig(decoding=Decoding(temperature=1.0, seed=3, num_samples=3, max_new_tokens=5)),
+    ],
+    ids=["no-rationale", "greedy", "sampled-k3"],
+)
+def test_the_engine_embeds_as_the_plain_loop(tiny, config):
+    texts = TEXTS + ["Paris", "A longer text about the way rivers carve valleys over millions of years."]
+    reference = embed(*tiny, texts, config, batch_size=4, options=PLAIN)
+    for batch_size in (2, 16):
+        out = embed(*tiny, texts, config, batch_size=batch_size)
+        assert torch.allclose(out.embeddings, reference.embeddings, atol=1e-5)
+        assert out.rationales == reference.rationales and out.sample_rationales == reference.sample_rationales
+        assert torch.equal(out.truncated, reference.truncated)
+
+
+def test_progress_counts_texts_not_rollout_rows(tiny):
+    done = []
+    config = EmbeddingConfig(decoding=Decoding(temperature=1.0, num_samples=3, max_new_tokens=3))
+    embed(*tiny, TEXTS, config, batch_size=4, progress=done.append)
+    assert sum(done) == len(TEXTS)
 
 
 def test_empty_text_names_its_index(tiny):

@@ -21,6 +21,7 @@ import grace.staging as staging_module
 from grace.cache import EmbeddingCache, canonical_config
 from grace.embedding import Decoding, EmbeddingConfig, embed
 from grace.encoder import ENCODER_CONFIG_FILE, GraceEncoder, model_fingerprint, save_encoder
+from grace.engine import GenerationOptions
 from grace.models import TINY_RANDOM, load_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +130,20 @@ def test_cached_embeddings_equal_computed_ones_and_skip_the_model(tmp_path, tiny
     second = second_encoder.encode_with_rationales(TEXTS, role="query")
     assert calls == []
     assert np.array_equal(first.embeddings, second.embeddings) and first.rationales == second.rationales
+
+
+def test_generation_options_are_neither_saved_nor_part_of_the_cache_key(tmp_path, tiny):
+    """How rationales are computed is not an embedding setting: a cache filled by the plain loop serves
+    the engine, and a saved encoder records nothing of it."""
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    plain = GenerationOptions(shared_prefix=False, continuous=False)
+    first = GraceEncoder(*tiny, query=QUERY, cache=cache, generation=plain).encode(TEXTS, role="query")
+    engine = GraceEncoder(*tiny, query=QUERY, cache=cache, generation=GenerationOptions(compile=True))
+    calls = count_forward_calls(engine)
+    assert np.array_equal(engine.encode(TEXTS, role="query"), first) and calls == []
+    saved = engine.save(tmp_path / "encoder")
+    assert "compile" not in (saved / ENCODER_CONFIG_FILE).read_text()
+    assert GraceEncoder.from_pretrained(saved).generation == GenerationOptions()
 
 
 def test_canonical_config_resets_only_what_cannot_change_an_embedding():

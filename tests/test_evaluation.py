@@ -8,6 +8,7 @@ without running the model; a misspelt config key stops the CLI before any model 
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from dataclasses import replace
@@ -26,7 +27,8 @@ from torch.utils.data import DataLoader
 import grace.encoder
 from grace.embedding import EmbeddingConfig, embed
 from grace.encoder import GraceEncoder
-from grace.evaluation import cli
+from grace.engine import GenerationOptions
+from grace.evaluation import cli, runner
 from grace.evaluation.adapter import EmbeddingOptions, GraceMtebEncoder, mteb_model_name
 from grace.evaluation.config import EvalSettings
 from grace.evaluation.report import ComparisonTable, EncoderResult
@@ -282,7 +284,8 @@ def test_every_eval_preset_composes_into_the_schema(preset) -> None:
 
 
 @pytest.mark.parametrize(
-    "override", ["eval.max_new_token=4", "eval.models=[{sourc: tiny-random}]", "eval.batch_size=many"]
+    "override",
+    ["eval.max_new_token=4", "eval.models=[{sourc: tiny-random}]", "eval.batch_size=many", "eval.generation.compiled=true"],
 )
 def test_misspelt_or_mistyped_keys_fail_at_start_up(override) -> None:
     with pytest.raises(ConfigCompositionException, match=override.split("=")[0].split(".")[-1].split("[")[0]):
@@ -305,6 +308,19 @@ def test_invalid_values_fail_before_any_model_loads(monkeypatch) -> None:
         cli.run(compose_config("eval.tasks=[NoSuchTask]"))
     with pytest.raises(ValueError, match="overwrite"):
         cli.run(compose_config("eval.overwrite=sometimes"))
+
+
+def test_generation_options_reach_the_encoder_but_not_its_revision() -> None:
+    config = OmegaConf.to_object(compose_config("eval=debug", "eval.generation.continuous=false"))
+    settings = replace(config.eval.settings(), cache_embeddings=False)
+    assert settings.generation == GenerationOptions(continuous=False)
+    spec = config.eval.models[0]
+    encoder = runner._load_grace(spec.source, settings)
+    assert encoder.generation == settings.generation
+    other = copy.copy(encoder)
+    other.generation = GenerationOptions()
+    options = runner.embedding_options(settings, spec)
+    assert GraceMtebEncoder(encoder, options).mteb_model_meta.revision == GraceMtebEncoder(other, options).mteb_model_meta.revision
 
 
 def test_quick_preset_matches_the_before_after_defaults() -> None:

@@ -125,13 +125,13 @@ def test_an_accepted_name_that_is_no_setting_is_refused(tmp_path):
 def test_the_comparison_denies_by_default_and_allows_only_the_free_list():
     recorded = resolved_config(TrainConfig())
     current = resolved_config(TrainConfig())
-    current["objective"] = {"name": "simcse"}  # a section added later by someone who never heard of resume
-    recorded["objective"] = {"name": "grace"}
+    current["added_later"] = {"name": "simcse"}  # a section added later by someone who never heard of resume
+    recorded["added_later"] = {"name": "grace"}
     current["trainer"]["keep_last"] = 9
     current["logger"]["tags"] = ["x"]
     current["rollout"]["positive"]["temperature"] = 0.5
     assert [str(c) for c in changed_settings(recorded, current)] == [
-        "rollout.positive.temperature: 1.0 -> 0.5", "objective.name: 'grace' -> 'simcse'"
+        "rollout.positive.temperature: 1.0 -> 0.5", "added_later.name: 'grace' -> 'simcse'"
     ]
 
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from grace.engine import GenerationOptions
 from grace.rollout import Role, RoleSampling, RolloutRequest, expand_requests, rollout
 
 TEXTS = [
@@ -24,7 +25,10 @@ def requests() -> list[RolloutRequest]:
     return [RolloutRequest(text, group, role) for group, texts in enumerate(TEXTS) for role, text in zip(Role, texts)]
 
 
-def run(tiny, template, batch_size):
+PLAIN = GenerationOptions(shared_prefix=False, continuous=False)
+
+
+def run(tiny, template, batch_size, options=GenerationOptions()):
     model, tokenizer = tiny
     rows = len(expand_requests(requests(), SAMPLING))
     return rollout(
@@ -37,13 +41,15 @@ def run(tiny, template, batch_size):
         max_prompt_tokens=256,
         seeds=[1000 + i for i in range(rows)],
         batch_size=batch_size,
+        options=options,
     )
 
 
+@pytest.mark.parametrize("options", [PLAIN, GenerationOptions()], ids=["plain", "engine"])
 @pytest.mark.parametrize("batch_size", [1, 4, 7])
-def test_a_rollout_split_into_batches_equals_the_unsplit_one_row_for_row(tiny, tiny_template, batch_size):
-    whole = run(tiny, tiny_template, batch_size=64)
-    split = run(tiny, tiny_template, batch_size=batch_size)
+def test_a_rollout_split_into_batches_equals_the_unsplit_one_row_for_row(tiny, tiny_template, batch_size, options):
+    whole = run(tiny, tiny_template, batch_size=64, options=PLAIN)
+    split = run(tiny, tiny_template, batch_size=batch_size, options=options)
     expected = [(r.group, int(r.role), r.text) for r, _ in expand_requests(requests(), SAMPLING)]
     assert len(expected) == 18 and len(split) == 18
     for batch in (whole, split):
@@ -56,3 +62,12 @@ def test_a_rollout_split_into_batches_equals_the_unsplit_one_row_for_row(tiny, t
         assert torch.allclose(split.logprobs[i, :length], whole.logprobs[i, :length], atol=1e-5), i
     assert torch.equal(split.truncated, whole.truncated) and torch.equal(split.temperature, whole.temperature)
     assert torch.equal(split.input_truncated, whole.input_truncated)
+
+
+def test_the_engine_lays_out_rows_as_the_plain_loop(tiny, tiny_template):
+    """The trainer's loss reads the layout (left-padded prompt, right-padded rationale): it must not move."""
+    plain, engine = run(tiny, tiny_template, 4, PLAIN), run(tiny, tiny_template, 4)
+    for name in ("sequence_ids", "attention_mask", "spans", "group", "role", "truncated", "input_truncated", "temperature"):
+        assert torch.equal(getattr(engine, name), getattr(plain, name)), name
+    assert engine.prompt_length == plain.prompt_length and engine.texts == plain.texts
+    assert torch.allclose(engine.logprobs, plain.logprobs, atol=1e-5)

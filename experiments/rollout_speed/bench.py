@@ -9,7 +9,9 @@ prompts (a training step of ``experiment=cpu_small``: 2 chatterbot triplets x 3 
 * ``one-pass``   ``grace.generation.generate`` with ``share_prompts=False``: hidden states pooled while
                  generating, log-probs of the sampled tokens kept, no second forward.
 * ``one-pass+shared-prompt``  the same, with the prompt pass run once per distinct text and its KV cache
-                 copied to the k samples (the trainer's default).
+                 copied to the k samples (the plain loop's default).
+* ``engine``     ``grace.engine.generate_rows``, what the trainer uses now: the shared system-prompt prefix
+                 run once, continuous batching (all rows here run to the limit, so it cannot refill early).
 
 Every row generates exactly ``--new-tokens`` tokens (EOS is ignored) so the three do the same amount of
 decoding. Figures are medians over ``--repeats`` runs after one warm-up, printed as ratios to ``two-pass``.
@@ -26,6 +28,7 @@ import time
 import torch
 
 from grace.data import chatterbot_triplets
+from grace.engine import generate_rows
 from grace.forward import model_device, position_ids
 from grace.generation import generate
 from grace.models import PACKAGED_SMOLLM2, load_policy
@@ -71,6 +74,23 @@ def one_pass(model, prompts: PromptBatch, new_tokens: int, seed: int, share_prom
     return out.embeddings
 
 
+def engine(model, prompts: list, new_tokens: int, seed: int) -> torch.Tensor:
+    rows = len(prompts)
+    out = generate_rows(
+        model,
+        prompts,
+        temperature=torch.ones(rows),
+        top_p=torch.ones(rows),
+        max_new_tokens=torch.full((rows,), new_tokens),
+        seeds=[seed * 1000 + i for i in range(rows)],
+        eos_ids=[-1],
+        pad_id=0,
+        pooling="after_system",
+        slots=rows,
+    )
+    return out.embeddings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=PACKAGED_SMOLLM2)
@@ -85,7 +105,8 @@ def main() -> None:
     model, tokenizer = load_policy(args.model)
     template = PromptTemplate.build(tokenizer, GRACE_SYSTEM_PROMPT)
     texts = [t for triplet in chatterbot_triplets("train")[: args.examples] for t in (triplet.query, triplet.positive, triplet.negative)]
-    prompts = PromptBatch.collate([render_prompt(tokenizer, t, template, 256) for t in texts for _ in range(args.k)], tokenizer.pad_token_id)
+    rendered = [render_prompt(tokenizer, t, template, 256) for t in texts for _ in range(args.k)]
+    prompts = PromptBatch.collate(rendered, tokenizer.pad_token_id)
     rows, width = prompts.input_ids.shape
     print(
         f"model {args.model} on {model_device(model)}, {args.threads} threads: {len(texts)} texts x k={args.k} = {rows} rows, "
@@ -96,6 +117,7 @@ def main() -> None:
         "two-pass": lambda seed: two_pass(model, prompts, args.new_tokens, seed),
         "one-pass": lambda seed: one_pass(model, prompts, args.new_tokens, seed, share_prompts=False),
         "one-pass+shared-prompt": lambda seed: one_pass(model, prompts, args.new_tokens, seed, share_prompts=True),
+        "engine": lambda seed: engine(model, rendered, args.new_tokens, seed),
     }
     times: dict[str, list[float]] = {name: [] for name in methods}
     for repeat in range(args.repeats + 1):  # repeat 0 warms up

@@ -18,6 +18,7 @@ from grace.data.examples import Sentence
 from grace.data.readers import _records, _to_example, _type_name
 from grace.embedding import EmbeddingConfig
 from grace.encoder import GraceEncoder, resolve_model_dir
+from grace.engine import GenerationOptions
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
         help="SQLite embedding cache to read and fill (default: $GRACE_CACHE/embeddings.sqlite)",
     )
     cache.add_argument("--no-cache", action="store_true", help="always run the model, store nothing")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="static KV cache + torch.compile'd decoding step (CUDA graphs on GPUs); same embeddings",
+    )
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser, prefix: str = "", what: str = "") -> None:
@@ -143,7 +149,8 @@ def encoder_options(args: argparse.Namespace) -> dict:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     cache: bool | Path = False if args.no_cache else (args.cache_file or True)
-    return {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "cache": cache}
+    generation = GenerationOptions(compile=args.compile)
+    return {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "cache": cache, "generation": generation}
 
 
 def load_encoder(args: argparse.Namespace) -> GraceEncoder:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from grace.config import LoggerConfig
+from grace.engine import GenerationOptions
 from grace.models import PACKAGED_SMOLLM2
 from grace.pooling import check_pooling
 
@@ -57,6 +58,8 @@ class EvalSettings:
     seed: int = 0  # seeds sampled rationales per text (temperature > 0)
     num_samples: int = 1  # > 1 (needs temperature > 0): average several sampled rationales
     batch_size: int = 16  # texts per generation batch
+    # How rationales are computed, never what they are (grace.engine): e.g. eval.generation.compile=true
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
     dtype: str = "float32"
     device: str = "cpu"
     cache_embeddings: bool = True  # the on-disk embedding cache: a re-run or repeated text costs a lookup

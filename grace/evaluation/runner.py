@@ -173,6 +173,7 @@ def _load_grace(source: str, settings: EvalSettings) -> GraceEncoder:
         device=settings.device,
         batch_size=settings.batch_size,
         cache=(settings.embedding_cache or True) if settings.cache_embeddings else False,
+        generation=settings.generation,
     )
 
 

@@ -64,6 +64,7 @@ class PolicyGradient(Objective):
                 max_prompt_tokens=cfg.embedding.max_prompt_tokens,
                 seeds=[step_seed(cfg.seed, step, i) for i in range(len(rows))],
                 batch_size=cfg.rollout.batch_size,
+                options=cfg.generation,
             )
         rollout_seconds = time.perf_counter() - rollout_started
 
