@@ -176,9 +176,7 @@ class _Run:
         ids, spans = ids.to(self.device), spans.to(self.device)
         self.cache.make_room(width, 1)
         mask = self.cache.open_rows(slots[distinct], spans != Span.PAD)
-        hidden, _ = decoder_forward(
-            self.model, ids, mask, position_ids(mask)[:, -width:], cache=self.cache, use_cache=True
-        )
+        hidden, _ = decoder_forward(self.model, ids, mask, position_ids(mask)[:, -width:], cache=self.cache, use_cache=True)
         copies = [i for i, s in enumerate(source) if s != i]
         if copies:
             self.cache.copy_rows(slots[[source[i] for i in copies]], slots[copies], width)

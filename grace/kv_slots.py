@@ -33,9 +33,14 @@ class _Window:
     """Which slots and columns the next forward pass writes; shared by the layers of one cache."""
 
     start: int = 0  # first column written by the next forward pass
-    rows: torch.Tensor | None = None  # [m] slots taking part (None: every slot)
+    rows: torch.Tensor | None = None  # [m] slots entering (a prompt pass), None: a decoding step of all slots
+    prefix_length: int = 0  # L0: what a prompt pass attends besides its own tokens
     static: bool = False  # whole buffers, tensor cursor: the compiled decode step
     cursor: torch.Tensor | None = None  # 0-d long, = start, for the compiled step
+
+
+# Fewest dead leading columns worth a compaction before the capacity forces one.
+_MIN_DEAD = 16
 
 
 class SlotLayer(CacheLayerMixin):
@@ -65,17 +70,28 @@ class SlotLayer(CacheLayerMixin):
             self.keys[:, :, window.start : end] = key_states
             self.values[:, :, window.start : end] = value_states
             return self.keys[:, :, :end], self.values[:, :, :end]
+        # A prompt pass: stored right-aligned at the cursor, but it attends only the prefix and its own
+        # tokens, so its cost does not grow with the body other slots have built up.
         self.keys[window.rows, :, window.start : end] = key_states
         self.values[window.rows, :, window.start : end] = value_states
-        return self.keys[window.rows, :, :end], self.values[window.rows, :, :end]
+        if window.prefix_length == 0:
+            return key_states, value_states
+        rows, length = len(window.rows), window.prefix_length
+        keys = torch.cat([self.keys[:1, :, :length].expand(rows, -1, -1, -1), key_states], dim=2)
+        values = torch.cat([self.values[:1, :, :length].expand(rows, -1, -1, -1), value_states], dim=2)
+        return keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        if self.window.static:
+        window = self.window
+        if window.static:
             return self.keys.shape[2], 0
-        return self.window.start + query_length, 0
+        return (window.start if window.rows is None else window.prefix_length) + query_length, 0
 
     def get_seq_length(self):
-        return self.window.cursor if self.window.static else self.window.start
+        window = self.window
+        if window.static:
+            return window.cursor
+        return window.start if window.rows is None else window.prefix_length
 
     def get_max_length(self) -> int:
         return self.keys.shape[2] if self.keys is not None else -1
@@ -136,23 +152,27 @@ class SlotCache(Cache):
 
     def make_room(self, width: int, extra: int) -> None:
         """Ensure the body is at least ``width`` columns wide (a tail of that width can enter right-aligned)
-        and ``extra`` free columns follow the cursor: compacts when the capacity is reached (a copy of
-        the body, so not at every step), grows if that is not enough."""
-        if max(self.cursor, self.prefix_length + width) + extra > self.capacity:
+        and ``extra`` free columns follow the cursor. Compacts when the capacity is reached, and (eager
+        steps, which attend only up to the cursor) when dead columns would make a fifth of every
+        step's attention; grows if compacting is not enough."""
+        dead = self._dead_columns()
+        live = self.cursor - self.prefix_length - dead
+        full = max(self.cursor, self.prefix_length + width) + extra > self.capacity
+        if dead and (full or (not self.static and dead >= max(_MIN_DEAD, live // 4))):
             self.compact()
         target = max(self.cursor, self.prefix_length + width)
         if target + extra > self.capacity:
             self._grow(max(target + extra, self.capacity + self.capacity // 4))
         self.cursor = target  # new columns are masked for every slot already
 
+    def _dead_columns(self) -> int:
+        """Leading body columns that every slot masks (finished rows' leftovers, old padding)."""
+        used = self.mask[:, self.prefix_length : self.cursor].any(dim=0)
+        return int(used.int().argmax()) if bool(used.any()) else len(used)
+
     def compact(self) -> None:
-        """Drop the leading body columns that every slot masks (finished rows' leftovers, old padding)."""
-        body = self.mask[:, self.prefix_length : self.cursor]
-        used = body.any(dim=0)
-        if not bool(used.any()):  # every slot is free: the whole body goes
-            dead = body.shape[1]
-        else:
-            dead = int(used.int().argmax())
+        """Drop the leading body columns that every slot masks: a copy of the rest of the body."""
+        dead = self._dead_columns()
         if dead == 0:
             return
         start, end = self.prefix_length, self.cursor
@@ -202,7 +222,8 @@ class SlotCache(Cache):
 
     def open_rows(self, rows: torch.Tensor, tail_mask: torch.Tensor) -> torch.Tensor:
         """Prepare a forward pass of prompt tails [m, n] (left-padded, ``tail_mask`` [m, n] bool) entering
-        slots ``rows`` right-aligned at the cursor; returns their attention mask [m, cursor].
+        slots ``rows``, stored right-aligned at the cursor. The pass attends the prefix and the tails
+        only: returns its attention mask [m, L0 + n].
 
         The slots must be free (``release`` masked what their last rows left). Call ``make_room(n, ...)``
         first.
@@ -210,8 +231,9 @@ class SlotCache(Cache):
         width = tail_mask.shape[1]
         self.mask[rows, self.cursor - width : self.cursor] = tail_mask
         self.mask[rows, : self.prefix_length] = True
-        self.window.start, self.window.rows, self.window.static = self.cursor - width, rows, False
-        return self.mask[rows, : self.cursor]
+        window = self.window
+        window.start, window.rows, window.prefix_length, window.static = self.cursor - width, rows, self.prefix_length, False
+        return torch.cat([self.mask[rows, : self.prefix_length], tail_mask], dim=1)
 
     def open_step(self) -> torch.Tensor:
         """Prepare one decoding step: every slot gets a column at the cursor, attended by its own query

@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import grace.cli.encode as encode_module
-from grace.cli import read_texts
+from grace.cli import encoder_options, read_texts
 from grace.cli.encode import CHUNKS, EMBEDDINGS, MANIFEST, RATIONALES, encode_to_directory, main
 from grace.data.errors import DataError
 from grace.embedding import Decoding, EmbeddingConfig
 from grace.encoder import GraceEncoder
+from grace.engine import GenerationOptions
 from grace.models import TINY_RANDOM
 
 TEXTS = [f"Sentence number {i}: {word} are discussed here." for i, word in enumerate(
@@ -210,3 +211,10 @@ def test_cli_encodes_a_parquet_column_end_to_end(tmp_path, capsys):
     assert [line["rationale"] for line in lines] == expected.rationales
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["input"]["field"] == "body" and manifest["count"] == 4 and manifest["complete"]
+
+
+def test_compile_flag_turns_on_compiled_decoding_only():
+    arguments = ["in.jsonl", "out", "--model", TINY_RANDOM]
+    assert encoder_options(encode_module.build_parser().parse_args(arguments))["generation"] == GenerationOptions()
+    compiled = encoder_options(encode_module.build_parser().parse_args([*arguments, "--compile"]))["generation"]
+    assert compiled == GenerationOptions(compile=True)

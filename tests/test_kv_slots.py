@@ -28,11 +28,13 @@ def write(c, values):
 
 
 def enter(c, slot, values, tail_mask):
+    """A prompt pass of one tail: it sees the prefix and itself, whatever the body holds."""
     c.make_room(len(tail_mask), 1)
     mask = c.open_rows(torch.tensor([slot]), torch.tensor([tail_mask]))
-    assert c.layers[0].get_seq_length() == c.cursor - len(tail_mask)  # the queries' first column
-    assert c.layers[0].get_mask_sizes(len(tail_mask)) == (c.cursor, 0)
-    return mask, write(c, [values])
+    assert c.layers[0].get_seq_length() == c.prefix_length  # the queries follow the prefix
+    assert c.layers[0].get_mask_sizes(len(tail_mask)) == (c.prefix_length + len(tail_mask), 0)
+    assert mask.tolist() == [[T] * c.prefix_length + list(tail_mask)]
+    return write(c, [values])
 
 
 def test_the_prefix_is_in_every_slot():
@@ -44,9 +46,8 @@ def test_the_prefix_is_in_every_slot():
 
 def test_a_tail_enters_right_aligned_and_sees_the_prefix():
     c = cache()
-    mask, seen = enter(c, 1, [0, 1, 2], [F, T, T])  # left-padded tail of two tokens
+    seen = enter(c, 1, [0, 1, 2], [F, T, T])  # left-padded tail of two tokens
     assert c.cursor == 5
-    assert mask.tolist() == [[T, T, F, T, T]]
     assert seen.tolist() == [[10, 11, 0, 1, 2]]
     assert keys(c)[1, :5].tolist() == [10, 11, 0, 1, 2] and keys(c)[0, 2:5].tolist() == [0, 0, 0]
 
@@ -67,7 +68,7 @@ def test_a_step_appends_one_column_to_every_slot():
 def test_a_wider_tail_moves_the_cursor_and_leaves_a_masked_gap_for_the_others():
     c = cache(capacity=12)
     enter(c, 0, [1], [T])
-    mask, _ = enter(c, 1, [4, 5, 6], [T, T, T])
+    assert enter(c, 1, [4, 5, 6], [T, T, T]).tolist() == [[10, 11, 4, 5, 6]]
     assert c.cursor == 5
     assert c.mask[:, :5].tolist() == [[T, T, T, F, F], [T, T, T, T, T]]
 
@@ -120,3 +121,20 @@ def test_copy_rows_and_select():
     assert keys(c)[2, :4].tolist() == [10, 11, 1, 2] and c.mask[2, :4].tolist() == [T, T, F, T]
     c.select(torch.tensor([2, 0]))
     assert c.slots == 2 and keys(c)[:, :4].tolist() == [[10, 11, 1, 2], [10, 11, 1, 2]]
+
+
+def test_a_prompt_pass_sees_only_the_prefix_and_itself_in_a_wide_body():
+    c = cache(capacity=16)
+    enter(c, 0, [1, 2, 3, 4, 5], [T, T, T, T, T])  # a long row: body 5 wide
+    assert enter(c, 1, [7], [T]).tolist() == [[10, 11, 7]]
+    assert keys(c)[1, :7].tolist() == [10, 11, 0, 0, 0, 0, 7]  # stored right-aligned at the cursor
+    assert c.mask[1, :7].tolist() == [T, T, F, F, F, F, T]
+
+
+def test_dead_columns_are_dropped_before_they_cost_a_fifth_of_a_step():
+    c = cache(capacity=64)
+    enter(c, 0, list(range(20)), [T] * 20)  # 20 columns
+    enter(c, 1, [7], [T])  # at column 21 (the cursor's last)
+    c.release(torch.tensor([0]))  # 19 dead columns before slot 1's
+    enter(c, 0, [8], [T])  # the next entry compacts: 19 dead >= 16, and more than a quarter of the body
+    assert c.cursor == 3 and keys(c)[:, :3].tolist() == [[10, 11, 8], [10, 11, 7]]

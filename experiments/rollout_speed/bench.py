@@ -57,28 +57,9 @@ def two_pass(model, prompts: PromptBatch, new_tokens: int, seed: int) -> torch.T
         return pool_hidden(hidden.hidden_states[-1], spans, "after_system")
 
 
-def one_pass(model, prompts: PromptBatch, new_tokens: int, seed: int, share_prompts: bool) -> torch.Tensor:
-    rows = prompts.input_ids.shape[0]
-    out = generate(
-        model,
-        prompts,
-        temperature=torch.ones(rows),
-        top_p=torch.ones(rows),
-        max_new_tokens=torch.full((rows,), new_tokens),
-        seeds=[seed * 1000 + i for i in range(rows)],
-        eos_ids=[-1],  # never stop early: every row decodes exactly new_tokens tokens
-        pad_id=0,
-        pooling="after_system",
-        share_prompts=share_prompts,
-    )
-    return out.embeddings
-
-
-def engine(model, prompts: list, new_tokens: int, seed: int) -> torch.Tensor:
-    rows = len(prompts)
-    out = generate_rows(
-        model,
-        prompts,
+def sampling(rows: int, new_tokens: int, seed: int) -> dict:
+    """Every row sampled at T=1 for exactly ``new_tokens`` tokens (no token ends a row early)."""
+    return dict(
         temperature=torch.ones(rows),
         top_p=torch.ones(rows),
         max_new_tokens=torch.full((rows,), new_tokens),
@@ -86,9 +67,16 @@ def engine(model, prompts: list, new_tokens: int, seed: int) -> torch.Tensor:
         eos_ids=[-1],
         pad_id=0,
         pooling="after_system",
-        slots=rows,
     )
-    return out.embeddings
+
+
+def one_pass(model, prompts: PromptBatch, new_tokens: int, seed: int, share_prompts: bool) -> torch.Tensor:
+    rows = prompts.input_ids.shape[0]
+    return generate(model, prompts, share_prompts=share_prompts, **sampling(rows, new_tokens, seed)).embeddings
+
+
+def engine(model, prompts: list, new_tokens: int, seed: int) -> torch.Tensor:
+    return generate_rows(model, prompts, slots=len(prompts), **sampling(len(prompts), new_tokens, seed)).embeddings
 
 
 def main() -> None:
