@@ -283,8 +283,26 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass
+class SampleSection:
+    """``grace-sft sample``: demonstrations by rejection sampling (grace/demonstrations.py)."""
+
+    output: Optional[str] = None  # the demonstrations file to write (.jsonl); required
+    num_examples: int = 64  # training examples rolled out, trainer.batch_size at a time; k = rollout.num_samples
+    keep_truncated: bool = False  # a rationale cut without EOS would teach no ending: such texts are left out
+
+
+@dataclass
+class SampleConfig(TrainConfig):
+    """The schema of ``grace-sft sample`` (conf/sample.yaml): the training settings it rolls out and rewards
+    with, and what to keep."""
+
+    sample: SampleSection = field(default_factory=SampleSection)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="sample_schema", node=SampleConfig)
 
 
 OBJECTIVES = ("grace", "contrastive", "simcse", "sft")  # grace/objectives/__init__.py builds each

@@ -22,8 +22,8 @@ which ``trainer.keep_best`` and the reward-vs-held-out guard follow):
 Texts are embedded through ``grace.embedding.embed`` with the checkpoint's own ``EmbeddingConfig``
 (greedy rationales), exactly as ``GraceEncoder`` would embed them. Also logged: ``eval/mean_cos`` (mean
 cosine between different texts' embeddings: near 1 is a collapse) and, for rationale-writing checkpoints,
-``eval/rationale_length_mean`` (tokens), ``eval/truncation_rate`` and ``eval/repetition_rate`` of the
-greedy rationales: the guards' quantities, free of sampling noise.
+``eval/rationale_words_mean``, ``eval/truncation_rate`` and ``eval/repetition_rate`` (share of repeated
+word 3-grams) of the greedy rationales: the guards' quantities, free of sampling noise.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ from grace.config import ConfigError, TrainConfig
 from grace.data import Demonstration, Example, Sentence, Triplet
 from grace.embedding import EmbeddingConfig, embed
 from grace.guards import different_text_mean_cos
-from grace.prompts import PromptTemplate, text_token_ids
-from grace.rewards.degenerate import repeated_ngram_fraction
+from grace.prompts import PromptTemplate
+from grace.rewards.degenerate import repeated_ngram_fraction, words
 from grace.sft_loss import demonstration_batch, rationale_nll
 
 PRIMARY = {Triplet: "eval/triplet_accuracy", Sentence: "eval/halves_accuracy", Demonstration: "eval/token_accuracy"}
@@ -151,11 +151,11 @@ def _embedding_scores(examples, model, tokenizer, template, embedding, batch_siz
     else:
         scores = halves_accuracy(out.embeddings[0::2], out.embeddings[1::2])
     scores["eval/mean_cos"] = different_text_mean_cos(out.embeddings, texts)
-    if embedding.rationale:
-        ids = [text_token_ids(tokenizer, rationale) for rationale in out.rationales]
-        scores["eval/rationale_length_mean"] = sum(len(i) for i in ids) / len(ids)
+    if embedding.rationale:  # in words: the decoded text is all that embed returns of a rationale
+        rationale_words = [words(rationale) for rationale in out.rationales]
+        scores["eval/rationale_words_mean"] = sum(len(w) for w in rationale_words) / len(rationale_words)
         scores["eval/truncation_rate"] = float(out.truncated.float().mean())
-        scores["eval/repetition_rate"] = sum(repeated_ngram_fraction(i) for i in ids) / len(ids)
+        scores["eval/repetition_rate"] = sum(repeated_ngram_fraction(w) for w in rationale_words) / len(rationale_words)
     return scores
 
 

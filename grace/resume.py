@@ -169,7 +169,7 @@ def starting_model(cfg: TrainConfig, output_dir: Path, resumed_from: Path | None
     if resumed_from is not None and pin.is_file():
         return json.loads(pin.read_text())["source"]
     resolved = resolve_source(cfg.model.source)
-    source = str(resolved.path) if resolved.kind == "directory" else cfg.model.source
+    source = str(resolved.path.resolve()) if resolved.kind == "directory" else cfg.model.source
     pin.write_text(json.dumps({"model.source": cfg.model.source, "source": source}, indent=2) + "\n")
     return source
 

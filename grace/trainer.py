@@ -33,7 +33,7 @@ from grace.checkpoint import (
     save_checkpoint,
 )
 from grace.config import ConfigError, TrainConfig, example_kind, resolve_train_file, token_budgets, validate
-from grace.data import DataError, DataIssue, load_examples
+from grace.data import DataError, DataIssue, LoadedData, load_examples
 from grace.data.stream import ExampleStream
 from grace.guards import Finding, Watch
 from grace.heldout import heldout_from_config, score
@@ -84,18 +84,11 @@ def train(
         template = PromptTemplate.build(tokenizer, cfg.embedding.system_prompt)
     except ValueError as error:  # no chat template: a base model, not an instruct model
         raise ConfigError(f"model.source={cfg.model.source!r}: {error}") from None
-    prompt_budget = cfg.embedding.max_prompt_tokens - template.overhead
-
-    def read(source: str, kind: str, split: str, limit: int | None = None):
-        return load_examples(
-            source, kind, on_error=cfg.data.on_error, token_count=lambda text: len(text_token_ids(tokenizer, text)),
-            max_tokens=token_budgets(cfg, prompt_budget) if kind == example_kind(cfg) else prompt_budget,
-            limit=limit, text_field=cfg.data.text_field, split=split,
-        )  # fmt: skip
-
-    loaded = read(resolve_train_file(cfg), example_kind(cfg), cfg.data.split, cfg.data.limit)
+    loaded = read_examples(cfg, tokenizer, template, resolve_train_file(cfg), example_kind(cfg), cfg.data.split, cfg.data.limit)
     print(loaded.summary())
-    examples, heldout = heldout_from_config(cfg, loaded.examples, lambda source, split: read(source, cfg.mode, split).examples)
+    examples, heldout = heldout_from_config(
+        cfg, loaded.examples, lambda source, split: read_examples(cfg, tokenizer, template, source, cfg.mode, split).examples
+    )
     if heldout is not None:
         print(heldout.description)
     if len(examples) < cfg.trainer.batch_size:
@@ -211,6 +204,19 @@ def train(
 
 
 # ---------------------------------------------------------------------- stages
+
+
+def read_examples(
+    cfg: TrainConfig, tokenizer, template: PromptTemplate, source: str, kind: str, split: str, limit: int | None = None
+) -> LoadedData:
+    """``kind`` examples of ``source``, each text checked against the prompt budget (and a demonstration's
+    rationale against the rationale length), bad ones handled as ``data.on_error`` says."""
+    prompt_budget = cfg.embedding.max_prompt_tokens - template.overhead
+    return load_examples(
+        source, kind, on_error=cfg.data.on_error, token_count=lambda text: len(text_token_ids(tokenizer, text)),
+        max_tokens=token_budgets(cfg, prompt_budget) if kind == example_kind(cfg) else prompt_budget,
+        limit=limit, text_field=cfg.data.text_field, split=split,
+    )  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:

@@ -46,7 +46,7 @@ class SupervisedFineTuning(Objective):
                 with context.autocast:
                     out = rationale_nll(context.model, batch.select(rows))
                 (out.nll_sum / update_tokens).backward()
-                nll, correct = nll + float(out.nll_sum), correct + out.correct
+                nll, correct = nll + float(out.nll_sum.detach()), correct + out.correct
             tokens += update_tokens
             grad_norms += apply_update(context.model, optimizer, scheduler, cfg.trainer.grad_clip)
             updates += 1

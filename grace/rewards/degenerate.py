@@ -16,7 +16,7 @@ functions shared with the guards (``grace.guards``), which watch the repetition 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import torch
 
@@ -25,12 +25,13 @@ from grace.rewards.types import ComponentValue, RewardInputs
 _WORD = re.compile(r"\w+")
 
 
-def repeated_ngram_fraction(ids: Sequence[int], n: int = 3) -> float:
-    """Share of the ``len(ids) - n + 1`` n-grams of ``ids`` that repeat an earlier one; 0 when there are none."""
-    count = len(ids) - n + 1
+def repeated_ngram_fraction(tokens: Sequence[Hashable], n: int = 3) -> float:
+    """Share of the ``len(tokens) - n + 1`` n-grams of ``tokens`` (ids or words) that repeat an earlier one;
+    0 when there are none."""
+    count = len(tokens) - n + 1
     if count <= 0:
         return 0.0
-    grams = {tuple(ids[i : i + n]) for i in range(count)}
+    grams = {tuple(tokens[i : i + n]) for i in range(count)}
     return 1.0 - len(grams) / count
 
 
