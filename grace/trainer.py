@@ -6,9 +6,10 @@
 
 The trainer owns what objectives share: settings and data checked before any weights load, the data
 stream and the held-out set (grace/heldout.py), model loading, optimizer and schedule, logging, the
-guards (grace/guards.py), checkpoints with exact resume. ``train`` reads top to bottom. The loop is deterministic on CPU for a given seed: data order, rollout seeds and the
-optimizer state are all functions of (seed, step) or stored in the checkpoint with the RNG states, so
-2 steps + resume + 2 steps == 4 steps for every objective.
+guards (grace/guards.py), checkpoints with exact resume. ``train`` reads top to bottom. The loop is
+deterministic on CPU for a given seed: data order, rollout seeds and the optimizer state are all
+functions of (seed, step) or stored in the checkpoint with the RNG states, so 2 steps + resume + 2
+steps == 4 steps for every objective.
 """
 from __future__ import annotations
 

@@ -67,3 +67,11 @@ def test_unsupervised_runs_score_halves_accuracy(tmp_path):
     train(compose_config("mode=unsupervised", "trainer.eval_every=1", "trainer.heldout.size=4", "trainer.max_steps=1"), tmp_path)
     rows = read_metrics(tmp_path)
     assert [row["step"] for row in rows] == [0, 1] and all(0 <= row["eval/halves_accuracy"] <= 1 for row in rows)
+
+
+def test_held_out_scores_and_guard_flags_reach_the_wandb_run(tmp_path):
+    from wandb_offline import logged_keys, run_file
+
+    train(compose_config("logger=wandb", "logger.mode=offline", "trainer.eval_every=1", "trainer.heldout.size=3", "trainer.max_steps=1"), tmp_path)
+    keys = logged_keys(run_file(tmp_path))
+    assert {"eval/triplet_accuracy", "eval/mean_cos", "guard/repetition", "reward/grace_mean", "rollout/embedding_mean_cos"} <= keys

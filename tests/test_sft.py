@@ -229,3 +229,34 @@ def test_a_resumed_run_keeps_its_original_starting_model_as_the_kl_reference(tmp
     loads.clear()
     train(compose_config(*grace_run, "trainer.max_steps=2", "trainer.resume=auto"), tmp_path / "grace")
     assert loads == [str(tmp_path / "grace" / "checkpoints" / "step-1"), start]  # policy resumed, reference as at the start
+
+
+def compose_primary(name, *overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from grace.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name=name, overrides=["model=tiny-random", *overrides]))
+
+
+def test_grace_sft_and_its_sample_command_compose_their_own_configs(tmp_path):
+    from grace.config import SampleConfig, validate
+    from grace.demonstrations import check
+
+    demos = write_demos(tmp_path / "demos.jsonl")
+    cfg = compose_primary("sft", f"data.train_file={demos}", "experiment=two_stage_sft", "model=tiny-random")
+    validate(cfg)
+    assert cfg.objective.name == "sft" and cfg.trainer.lr == 1e-5 and cfg.rollout.max_new_tokens == 32  # the preset's
+    sample = compose_primary("sample", f"sample.output={tmp_path / 'new.jsonl'}")
+    assert isinstance(sample, SampleConfig) and sample.objective.name == "grace"
+    check(sample)
+    for overrides, message in [
+        ([], "sample.output is required"),
+        ([f"sample.output={demos}"], "already exists"),
+        ([f"sample.output={tmp_path / 'x.jsonl'}", "sample.num_examples=0"], "sample.num_examples=0 must be at least 1"),
+        ([f"sample.output={tmp_path / 'x.jsonl'}", "objective=contrastive"], "objective=contrastive has no rollouts"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check(compose_primary("sample", *overrides))
