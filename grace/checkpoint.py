@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -87,8 +87,10 @@ def save_checkpoint(
     keep_last: int,
     name: str,
     config: dict[str, Any] | None = None,
+    protect: Sequence[Path] = (),
 ) -> Path:
-    """Write checkpoint ``step`` (``config``: the resolved training config, recorded as ``TRAIN_CONFIG_FILE``)."""
+    """Write checkpoint ``step`` (``config``: the resolved training config, recorded as ``TRAIN_CONFIG_FILE``);
+    ``protect``: older checkpoints that ``keep_last`` must not delete (the best held-out one)."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     for debris in root.glob(f".{_PREFIX}*"):  # left by a save that was killed
@@ -102,7 +104,8 @@ def save_checkpoint(
         if config is not None:
             (staging / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     for old in complete_checkpoints(output_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old not in protect:
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

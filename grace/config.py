@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from grace.advantages import ESTIMATORS
-from grace.data.readers import check_source
+from grace.data.readers import DEMONSTRATIONS, check_source
 from grace.engine import GenerationOptions
 from grace.loss import AGGREGATIONS, KL_ESTIMATORS
 from grace.pooling import POOLING_METHODS
 from grace.prompts import GRACE_SYSTEM_PROMPT
-from grace.rewards import MODES, VARIANTS
+from grace.rewards import MODES, VARIANTS, ComponentError, RewardFunction
 from grace.sources import ModelSourceError, resolve_source
 
 
@@ -60,11 +62,35 @@ class EmbeddingSection:
 
 
 @dataclass
+class ScheduleConfig:
+    """A component's weight ramp: factor ``start_factor`` until ``start_step``, then linear to 1 over ``steps``."""
+
+    start_factor: float = 0.0
+    start_step: int = 0
+    steps: int = 1
+
+
+@dataclass
+class ComponentConfig:
+    """One reward component (grace/rewards/compose.py): contribution = clip(weight(step) * value, -cap, cap)."""
+
+    _target_: Optional[str] = None  # dotted path of f(inputs, **params); None: the built-in of this name
+    weight: float = 1.0
+    cap: Optional[float] = None  # None: no cap
+    schedule: Optional[ScheduleConfig] = None  # None: the weight is constant
+    params: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the component
+
+
+@dataclass
 class RewardConfig:
-    variant: str = "contrastive"  # contrastive | paper
+    variant: str = "contrastive"  # contrastive | paper: the GRACE terms (the built-in component `grace`)
     tau: float = 0.1
     w_cluster: float = 0.2
     w_cross: float = 0.2
+    # The reward is the sum of these components' contributions (name -> ComponentConfig's keys; built-ins:
+    # grace, length, truncation, degenerate). Untyped here so that the command line can add one
+    # (+reward.components.length={weight:0.01,params:{budget:64}}); `reward_components` checks each entry.
+    components: Dict[str, Any] = field(default_factory=lambda: {"grace": asdict(ComponentConfig())})
 
 
 @dataclass
@@ -91,7 +117,9 @@ class AlgorithmConfig:
 class ObjectiveConfig:
     """What a training step optimises (grace/objectives/): ``conf/objective/*.yaml``."""
 
-    name: str = "grace"  # grace (policy gradient on rationales) | contrastive (supervised InfoNCE) | simcse (unsupervised)
+    # grace (policy gradient on rationales) | contrastive (supervised InfoNCE) | simcse (unsupervised) |
+    # sft (supervised fine-tuning on {text, rationale} demonstrations: grace-sft)
+    name: str = "grace"
     temperature: float = 0.05  # InfoNCE temperature of contrastive and simcse (SimCSE's value)
     hard_negatives: bool = True  # contrastive: each triplet's negative joins the in-batch candidates
     # Attention dropout during the training forward of contrastive and simcse (SimCSE's two views need
@@ -107,6 +135,65 @@ class DataConfig:
     on_error: str = "raise"  # raise | skip
     limit: Optional[int] = None
     shuffle: bool = True
+
+
+@dataclass
+class HeldOutConfig:
+    """The held-out set checked every ``trainer.eval_every`` steps (grace/heldout.py)."""
+
+    # split: `size` examples taken out of the training data (with every training example sharing a text with
+    # them), so they are never trained on; or any data source (a file, packaged:chatterbot with split=eval, ...),
+    # read as the mode's examples, of which `size` are drawn (seeded)
+    source: str = "split"
+    size: int = 16
+    split: str = "train"  # the split of a given source
+    batch_size: int = 16  # texts embedded together
+
+
+@dataclass
+class GuardConfig:
+    action: str = "warn"  # off | warn (a warning, and guard/<name> = 1 in the metrics) | stop (also ends the run, resumable)
+    patience: int = 1  # consecutive checks the condition must hold before the guard fires
+
+
+@dataclass
+class LengthGuardConfig(GuardConfig):
+    """rollout/rationale_length_mean against its mean over the first `baseline_steps` steps."""
+
+    max_ratio: float = 2.0  # fires above this multiple of the baseline (rationales doubling in length)
+    min_ratio: float = 0.25  # ... or below this fraction (rationales shrinking to nothing)
+    baseline_steps: int = 3
+
+
+@dataclass
+class RepetitionGuardConfig(GuardConfig):
+    max_rate: float = 0.5  # rollout/repetition_rate: share of repeated token 3-grams in the step's rationales
+
+
+@dataclass
+class DiversityGuardConfig(GuardConfig):
+    """rollout/embedding_mean_cos (mean cosine between different texts' embeddings): fires when the spread
+    1 - cos falls below `min_spread_ratio` of its mean over the first `baseline_steps` steps."""
+
+    min_spread_ratio: float = 0.5
+    baseline_steps: int = 3
+
+
+@dataclass
+class HackingGuardConfig(GuardConfig):
+    """The training score (GRACE: reward/total_mean) rising while the held-out score falls (needs eval_every)."""
+
+    min_drop: float = 0.05  # held-out score this far below its best so far ...
+    min_rise: float = 0.0  # ... while the training score's mean over `window` steps is this far above its value then
+    window: int = 3
+
+
+@dataclass
+class GuardsConfig:
+    length: LengthGuardConfig = field(default_factory=LengthGuardConfig)
+    repetition: RepetitionGuardConfig = field(default_factory=RepetitionGuardConfig)
+    diversity: DiversityGuardConfig = field(default_factory=DiversityGuardConfig)
+    reward_vs_heldout: HackingGuardConfig = field(default_factory=HackingGuardConfig)
 
 
 @dataclass
@@ -130,6 +217,11 @@ class TrainerConfig:
     resume_accept_changes: list[str] = field(default_factory=list)
     rationale_log_every: int = 10
     rationale_log_count: int = 4
+    # Held-out evaluation every eval_every steps (and before the first), logged as eval/<name>; 0: none.
+    eval_every: int = 0
+    heldout: HeldOutConfig = field(default_factory=HeldOutConfig)
+    keep_best: bool = False  # keep the checkpoint of the best held-out score (saved when it is reached; keep_last spares it)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
 
 
 @dataclass
@@ -194,11 +286,29 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass
+class SampleSection:
+    """``grace-sft sample``: demonstrations by rejection sampling (grace/demonstrations.py)."""
+
+    output: Optional[str] = None  # the demonstrations file to write (.jsonl); required
+    num_examples: int = 64  # training examples rolled out, trainer.batch_size at a time; k = rollout.num_samples
+    keep_truncated: bool = False  # a rationale cut without EOS would teach no ending: such texts are left out
+
+
+@dataclass
+class SampleConfig(TrainConfig):
+    """The schema of ``grace-sft sample`` (conf/sample.yaml): the training settings it rolls out and rewards
+    with, and what to keep."""
+
+    sample: SampleSection = field(default_factory=SampleSection)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="sample_schema", node=SampleConfig)
 
 
-OBJECTIVES = ("grace", "contrastive", "simcse")  # grace/objectives/__init__.py builds each
+OBJECTIVES = ("grace", "contrastive", "simcse", "sft")  # grace/objectives/__init__.py builds each
 
 
 class ConfigError(ValueError):
@@ -232,10 +342,38 @@ def trained_roles(cfg: TrainConfig) -> list[str]:
     return rollout_roles(cfg)
 
 
+def example_kind(cfg: TrainConfig) -> str:
+    """What the training data is read as: demonstrations for objective=sft, else the mode's examples."""
+    return DEMONSTRATIONS if cfg.objective.name == "sft" else cfg.mode
+
+
+def token_budgets(cfg: TrainConfig, prompt_budget: int) -> int | dict[str, int]:
+    """Per-field token budgets of the training data: every text must fit the prompt (``prompt_budget``: its
+    tokens that are not template); a demonstration's rationale plus EOS must fit the rationale length."""
+    if example_kind(cfg) != DEMONSTRATIONS:
+        return prompt_budget
+    return {"text": prompt_budget, "rationale": role_max_new_tokens(cfg, "positive") - 1}
+
+
 def resolve_train_file(cfg: TrainConfig) -> str:
     if cfg.data.train_file != "auto":
         return cfg.data.train_file
     return "packaged:chatterbot" if cfg.mode == "supervised" else "packaged:wiki"
+
+
+def reward_components(cfg: TrainConfig) -> dict[str, ComponentConfig]:
+    """``reward.components``, each entry checked against ``ComponentConfig`` (a misspelt key, a weight that is
+    not a number): ``ConfigError`` naming the entry."""
+    checked = {}
+    for name, entry in cfg.reward.components.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"reward.components.{name}={entry!r}: each component is a mapping of {list(ComponentConfig.__dataclass_fields__)}")
+        try:
+            checked[str(name)] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ComponentConfig), entry))
+        except OmegaConfBaseException as error:
+            reason = str(error).splitlines()[0]
+            raise ConfigError(f"reward.components.{name}: {reason} (keys: {list(ComponentConfig.__dataclass_fields__)})") from None
+    return checked
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -257,21 +395,29 @@ def validate(cfg: TrainConfig) -> None:
     _check_trainer(cfg)
     if cfg.objective.name == "grace":
         _check_policy_gradient(cfg)
+    elif cfg.objective.name == "sft":
+        _check_sft(cfg)
     else:
         _check_embedding_objective(cfg)
     _check_sweep(cfg)
 
     train_file = resolve_train_file(cfg)
+    kind = example_kind(cfg)
     try:
-        check_source(train_file, cfg.mode, cfg.data.split)
+        check_source(train_file, kind, cfg.data.split)
     except (ValueError, OSError) as error:
-        raise ConfigError(f"data.train_file={train_file!r} (mode={cfg.mode}, data.split={cfg.data.split}): {error}") from None
+        what = f"mode={cfg.mode}" if kind == cfg.mode else f"objective={cfg.objective.name} reads {kind}"
+        raise ConfigError(f"data.train_file={train_file!r} ({what}, data.split={cfg.data.split}): {error}") from None
 
 
 def _check_policy_gradient(cfg: TrainConfig) -> None:
     """objective=grace: rollouts, rewards and the PPO update."""
     if cfg.reward.tau <= 0:
         raise ConfigError(f"reward.tau={cfg.reward.tau} must be positive: it divides every similarity")
+    try:  # imports every component's function and checks its parameters, before any model loads
+        RewardFunction.from_config(reward_components(cfg), cfg.reward, cfg.mode)
+    except ComponentError as error:
+        raise ConfigError(str(error)) from None
     if cfg.objective.dropout > 0:
         raise ConfigError(
             f"objective.dropout={cfg.objective.dropout} with objective=grace would make the update's log-probs differ "
@@ -345,13 +491,35 @@ def _check_embedding_objective(cfg: TrainConfig) -> None:
             f"objective={name} contrasts each example with the others of its update, but an update holds "
             f"{per_update} example: raise trainer.batch_size (or trainer.mini_batch_size) to 2 or more"
         )
-    # Settings of the policy update that would be silently ignored (rollout and reward settings are ignored
-    # too, but model presets set them, so they cannot tell a user's intent).
+    _refuse_policy_update_settings(cfg)
+
+
+def _check_sft(cfg: TrainConfig) -> None:
+    """objective=sft: token-mean NLL of demonstrated rationales, no rollout, no reward."""
+    if cfg.data.train_file == "auto":
+        raise ConfigError(
+            "objective=sft reads demonstrations: set data.train_file to a .jsonl/.parquet file (or datasets directory) "
+            "with fields text, rationale; `grace-sft sample` makes one from the current policy (rejection sampling)"
+        )
+    if role_max_new_tokens(cfg, "positive") < 2:
+        raise ConfigError(f"rollout.max_new_tokens={role_max_new_tokens(cfg, 'positive')}: a demonstrated rationale needs room for a token and EOS")
+    if cfg.embedding.pooling == "input":
+        raise ConfigError("embedding.pooling=input ignores the rationale that objective=sft teaches: use after_system or rationale")
+    if cfg.objective.dropout > 0:
+        raise ConfigError(f"objective.dropout={cfg.objective.dropout} is for the contrastive and simcse objectives: set it to 0")
+    _refuse_policy_update_settings(cfg)
+
+
+def _refuse_policy_update_settings(cfg: TrainConfig) -> None:
+    """Settings of the policy update that an objective without one would silently ignore (rollout and reward
+    settings are ignored too, but model presets set them, so they cannot tell a user's intent)."""
     defaults = AlgorithmConfig()
     for key in ("embedding_loss_coef", "kl_coef", "entropy_coef", "ppo_epochs", "recompute_old_logprobs"):
         value = getattr(cfg.algorithm, key)
         if value != getattr(defaults, key):
-            raise ConfigError(f"algorithm.{key}={value} belongs to objective=grace's policy update, which objective={name} does not run: remove it")
+            raise ConfigError(
+                f"algorithm.{key}={value} belongs to objective=grace's policy update, which objective={cfg.objective.name} does not run: remove it"
+            )
 
 
 def _check_trainer(cfg: TrainConfig) -> None:
@@ -378,8 +546,37 @@ def _check_trainer(cfg: TrainConfig) -> None:
         resolve_source(cfg.model.source)  # the very resolver load_policy uses, before it loads anything
     except ModelSourceError as error:
         raise ConfigError(f"model.source={cfg.model.source!r}: {error} (or a model=... preset)") from None
+    _check_heldout(cfg)
     if cfg.data.limit is not None and cfg.data.limit < t.batch_size:
         raise ConfigError(f"data.limit={cfg.data.limit} is below trainer.batch_size={t.batch_size}: one step needs that many examples")
+
+
+def _check_heldout(cfg: TrainConfig) -> None:
+    t = cfg.trainer
+    if t.eval_every < 0:
+        raise ConfigError(f"trainer.eval_every={t.eval_every} must be >= 0 (0: no held-out evaluation)")
+    if t.keep_best and t.eval_every == 0:
+        raise ConfigError("trainer.keep_best=true keeps the checkpoint of the best held-out score: set trainer.eval_every > 0")
+    if t.eval_every > 0:
+        if t.heldout.size < 2 or t.heldout.batch_size < 1:
+            raise ConfigError(f"trainer.heldout.size={t.heldout.size} must be at least 2 and batch_size at least 1")
+        if t.heldout.source != "split":
+            try:
+                check_source(t.heldout.source, cfg.mode, t.heldout.split)
+            except (ValueError, OSError) as error:
+                raise ConfigError(f"trainer.heldout.source={t.heldout.source!r} (mode={cfg.mode}, split={t.heldout.split}): {error}") from None
+    guards = t.guards
+    for name in ("length", "repetition", "diversity", "reward_vs_heldout"):
+        guard = getattr(guards, name)
+        _one_of(f"trainer.guards.{name}.action", guard.action, ("off", "warn", "stop"))
+        if guard.patience < 1:
+            raise ConfigError(f"trainer.guards.{name}.patience={guard.patience} must be at least 1")
+    if guards.length.baseline_steps < 1 or guards.diversity.baseline_steps < 1 or guards.reward_vs_heldout.window < 1:
+        raise ConfigError("trainer.guards.*.baseline_steps and trainer.guards.reward_vs_heldout.window must be at least 1")
+    if not guards.length.min_ratio < 1 < guards.length.max_ratio:
+        raise ConfigError(f"trainer.guards.length: min_ratio={guards.length.min_ratio} must be below 1 and max_ratio={guards.length.max_ratio} above")
+    if not 0 < guards.diversity.min_spread_ratio < 1:
+        raise ConfigError(f"trainer.guards.diversity.min_spread_ratio={guards.diversity.min_spread_ratio} must be in (0, 1)")
 
 
 def _check_role_decoding(cfg: TrainConfig, role: str) -> None:

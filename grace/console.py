@@ -56,10 +56,11 @@ class RunSummary:
     evaluation_dir: Path | None = None
     sweep: str | None = None  # "final_eval/mean = 0.4321 (maximize)"
     notes: list[str] = field(default_factory=list)
+    program: str = "grace-train"
 
     def render(self) -> str:
         minutes, seconds = divmod(round(self.seconds), 60)
-        lines = [f"\n== grace-train: {self.steps} steps in {minutes}m{seconds:02d}s ==", f"outputs: {self.output_dir}"]
+        lines = [f"\n== {self.program}: {self.steps} steps in {minutes}m{seconds:02d}s ==", f"outputs: {self.output_dir}"]
         if self.last_checkpoint is not None:
             lines.append(f"last checkpoint: {self.last_checkpoint}")
         lines.append(f"metrics: {self.output_dir / 'metrics.jsonl'}")

@@ -7,6 +7,7 @@ writes ``<output_dir>/report/`` and ``Finisher.summary`` the console's last scre
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from grace.config import TrainConfig
 from grace.console import RunSummary
+from grace.guards import BEST_FILE
 from grace.sweep import Divergence, MetricNotFound, find_divergence, read_metrics, resolve_metric, sweep_value, worst_value
 from grace.tracking import METRICS_FILE, RunLogger
 
@@ -21,13 +23,17 @@ if TYPE_CHECKING:
     from grace.evaluation.report import ComparisonTable
     from grace.trainer import TrainResult
 
-SUMMARY_METRICS = ("reward/total_mean", "rollout/rationale_length_mean", "rollout/truncation_rate")
+SUMMARY_METRICS = (
+    "reward/total_mean", "rollout/rationale_length_mean", "rollout/truncation_rate", "loss/sft", "sft/token_accuracy",
+    "eval/triplet_accuracy", "eval/halves_accuracy", "eval/token_accuracy",
+)  # fmt: skip
 
 
 @dataclass
 class Finisher:
     cfg: TrainConfig
     sweeping: bool  # under a Hydra sweep the value is required: a metric the run lacks fails the job
+    program: str = "grace-train"  # the command, for the summary's title
     started: float = field(default_factory=time.perf_counter)
     result: TrainResult | None = None
     table: ComparisonTable | None = None
@@ -39,6 +45,10 @@ class Finisher:
 
     def after_training(self, result: TrainResult, logger: RunLogger) -> None:
         self.result, self.wandb = result, logger.location
+        if result.stopped_by is not None:
+            self.notes.append(f"stopped early by {result.stopped_by}; trainer.resume=auto continues (set its action to warn to go past it)")
+        if (best := result.output_dir / BEST_FILE).is_file():
+            self.notes.append(f"best held-out checkpoint: {json.loads(best.read_text())}")
         rows = read_metrics(result.output_dir / METRICS_FILE)
         self.divergence = find_divergence(rows)
         if self.cfg.final_eval.enabled and self.divergence is None:
@@ -103,6 +113,7 @@ class Finisher:
             evaluation_dir=self.result.output_dir / "eval",
             sweep=None if self.value is None else f"{self.metric} = {self.value:.6g} ({self.cfg.sweep.direction})",
             notes=self.notes,
+            program=self.program,
         ).render()
 
 

@@ -13,10 +13,12 @@ made on purpose is accepted by naming it, e.g. ``trainer.resume_accept_changes=[
 (a section such as ``rollout`` accepts every setting under it).
 
 Checkpoints written before configs were recorded still resume, with a warning. ``record_start`` keeps the
-config of every start of a run: ``configs/start-N.yaml``, with ``config.yaml`` the newest.
+config of every start of a run: ``configs/start-N.yaml``, with ``config.yaml`` the newest. ``starting_model``
+pins the model the run started from (its KL reference), so a resume keeps it.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from omegaconf import OmegaConf
 
 from grace.checkpoint import TRAIN_CONFIG_FILE
 from grace.config import ConfigError, TrainConfig
+from grace.sources import resolve_source
 
 # The settings that may differ between the starts of one run, and why each leaves the trajectory alone.
 FREE: dict[str, str] = {
@@ -50,7 +53,11 @@ FREE: dict[str, str] = {
     "final_eval": "what runs after training",
     "sweep": "which number the finished run hands to a sweeper",
     "report": "whether and what the end-of-run report shows",
+    "trainer.guards": "when the run stops early and what it warns about: the detectors only read the metrics",
+    "trainer.keep_best": "which checkpoints are kept",
+    "trainer.heldout.batch_size": "texts embedded together in the held-out evaluation, which leaves training alone",
 }
+START_MODEL_FILE = "start_model.json"
 _ABSENT = object()
 
 
@@ -149,6 +156,23 @@ def record_start(cfg: TrainConfig, output_dir: Path, resumed_from: Path | None) 
     (starts / f"start-{number}.yaml").write_text(f"# start {number} of this run, {how}\n{text}")
     latest.write_text(text)
     return starts / f"start-{number}.yaml"
+
+
+def starting_model(cfg: TrainConfig, output_dir: Path, resumed_from: Path | None) -> str:
+    """The model this run started from: the policy of its first step and its KL reference for good.
+
+    ``model.source`` resolved at the first start and pinned in ``<output_dir>/start_model.json``: a training
+    run directory (e.g. an SFT run) names its newest checkpoint, which may change if that run goes on, but
+    a resumed run must keep the reference it started with (not the newer checkpoint, and not its own
+    checkpoint it resumes from). Sources that name fixed weights (packaged, .gguf, hub ids) are kept as given.
+    """
+    pin = output_dir / START_MODEL_FILE
+    if resumed_from is not None and pin.is_file():
+        return json.loads(pin.read_text())["source"]
+    resolved = resolve_source(cfg.model.source)
+    source = str(resolved.path.resolve()) if resolved.kind == "directory" else cfg.model.source
+    pin.write_text(json.dumps({"model.source": cfg.model.source, "source": source}, indent=2) + "\n")
+    return source
 
 
 def _accepted_keys(cfg: TrainConfig) -> list[str]:

@@ -9,8 +9,8 @@ as the trial's objective (a plain grid sweep ignores it). ``sweep.metric`` names
   reduced over the run by ``sweep.reduce``: ``last`` (mean of the last ``sweep.last_steps`` logged values,
   which smooths a noisy training curve), ``best`` (max or min by ``sweep.direction``) or ``mean``;
 * ``auto``: ``final_eval/mean`` when the final evaluation runs, else the objective's own training score:
-  ``reward/total_mean`` for GRACE, ``infonce/accuracy`` for the contrastive and SimCSE baselines (both
-  larger-is-better, like the default ``sweep.direction``).
+  ``reward/total_mean`` for GRACE, ``infonce/accuracy`` for the contrastive and SimCSE baselines,
+  ``sft/token_accuracy`` for supervised fine-tuning (all larger-is-better, like the default ``sweep.direction``).
 
 A diverged run (a NaN or inf loss, reward or gradient norm at any step) gets the worst finite value for
 the direction instead: Optuna 2 records a NaN objective as a failed trial and the sweeper then ends the
@@ -32,9 +32,9 @@ from grace.config import ConfigError
 FINAL_EVAL = "final_eval"
 WORST = 1e9  # the default diverged value's magnitude: finite, and below any real score when maximizing
 # Non-finite values here mean the weights or the update are broken, not just a noisy step.
-DIVERGENCE_KEYS = ("loss/policy", "loss/kl", "loss/embedding", "loss/infonce", "reward/total_mean", "optim/grad_norm")
+DIVERGENCE_KEYS = ("loss/policy", "loss/kl", "loss/embedding", "loss/infonce", "loss/sft", "reward/total_mean", "optim/grad_norm")
 # What ``auto`` reads when there is no final evaluation: each objective's larger-is-better training score.
-TRAINING_SCORE = {"grace": "reward/total_mean", "contrastive": "infonce/accuracy", "simcse": "infonce/accuracy"}
+TRAINING_SCORE = {"grace": "reward/total_mean", "contrastive": "infonce/accuracy", "simcse": "infonce/accuracy", "sft": "sft/token_accuracy"}
 
 
 class MetricNotFound(ConfigError):

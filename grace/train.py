@@ -1,4 +1,5 @@
-"""``grace-train``: the Hydra entry point of the trainer (``python -m grace.train`` works too).
+"""``grace-train``: the Hydra entry point of the trainer (``python -m grace.train`` works too). ``grace-sft``
+(grace/sft.py) runs the same job on its own primary config.
 
 Everything Hydra-specific lives here: composing ``conf/train.yaml`` with the typed schema, naming the
 job's output directory and wandb run from its overrides (flat, bounded names: ``grace.job_names``), and making
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from grace.config import ConfigError, TrainConfig, register_configs
 from grace.console import quiet_third_party
 from grace.data.errors import DataError
+from grace.rewards import ComponentError
 from grace.finish import Finisher, check_final_eval_tasks
 from grace.job_names import job_dirname, job_label, record_job, register_resolver
 from grace.sweep import register_resolvers
@@ -54,27 +56,32 @@ def _job_identity(cfg: TrainConfig) -> tuple[Path, str, str | None]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _main(dict_cfg: DictConfig) -> float | None:
-    """One job; returns the sweep value (``sweep.metric``, see grace/sweep.py) for a sweeper such as Optuna."""
+    return run_job(dict_cfg, "grace-train")
+
+
+def run_job(dict_cfg: DictConfig, program: str) -> float | None:
+    """One training job of ``program`` (grace-train, grace-sft); returns the sweep value (``sweep.metric``,
+    see grace/sweep.py) for a sweeper such as Optuna."""
     quiet_third_party()  # here, not in main(): joblib and submitit jobs start in this function
     from grace.trainer import train  # heavy imports after Hydra has parsed the command line
 
     cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
     output_dir, name, group = _job_identity(cfg)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    finisher = Finisher(cfg, sweeping=multirun)
+    finisher = Finisher(cfg, sweeping=multirun, program=program)
     try:
         if multirun:
             record_job(output_dir, HydraConfig.get())  # the full overrides: the directory name may be cut
         check_final_eval_tasks(cfg)  # an unknown task or unreachable data must not wait for the end of training
         result = train(cfg, output_dir, run_name=name, run_group=group, after_training=finisher.after_training)
-    except (ConfigError, DataError, OSError) as error:
-        kind = "invalid configuration: " if isinstance(error, ConfigError) else ""
+    except (ConfigError, ComponentError, DataError, OSError) as error:  # a reward component's bad output: at the first step
+        kind = "invalid configuration: " if isinstance(error, (ConfigError, ComponentError)) else ""
         message = " ".join(str(error).split())  # one line: transformers' messages span several
         if multirun:
             job = HydraConfig.get().job  # named by its overrides in full: the run name may be cut
-            print(f"grace-train: job {job.num} ({job.override_dirname}) failed: {kind}{message}", file=sys.stderr)
+            print(f"{program}: job {job.num} ({job.override_dirname}) failed: {kind}{message}", file=sys.stderr)
             raise
-        print(f"grace-train: {kind}{message}", file=sys.stderr)
+        print(f"{program}: {kind}{message}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception:
         # A run that went NaN and then crashed (e.g. sampling from NaN logits) is a bad trial, not a broken
@@ -83,7 +90,7 @@ def _main(dict_cfg: DictConfig) -> float | None:
         if value is None:
             raise
         job = HydraConfig.get().job.num
-        print(f"grace-train: job {job} ({name}) diverged ({finisher.divergence}), then failed; sweep value {value}", file=sys.stderr)
+        print(f"{program}: job {job} ({name}) diverged ({finisher.divergence}), then failed; sweep value {value}", file=sys.stderr)
         return value
     print(finisher.summary(finisher.report(result.output_dir)))
     return finisher.value

@@ -1,13 +1,15 @@
 """The training loop, shared by every objective.
 
     batch of examples -> objective.step (GRACE: rollouts, rewards, PPO update; contrastive / SimCSE:
-    InfoNCE on prompt embeddings) -> metrics -> checkpoint
+    InfoNCE on prompt embeddings; SFT: NLL of demonstrated rationales) -> held-out scores and guards
+    -> metrics -> checkpoint
 
 The trainer owns what objectives share: settings and data checked before any weights load, the data
-stream, model loading, optimizer and schedule, logging, checkpoints with exact resume. ``train`` reads
-top to bottom. The loop is deterministic on CPU for a given seed: data order, rollout seeds and the
-optimizer state are all functions of (seed, step) or stored in the checkpoint with the RNG states, so
-2 steps + resume + 2 steps == 4 steps for every objective.
+stream and the held-out set (grace/heldout.py), model loading, optimizer and schedule, logging, the
+guards (grace/guards.py), checkpoints with exact resume. ``train`` reads top to bottom. The loop is
+deterministic on CPU for a given seed: data order, rollout seeds and the optimizer state are all
+functions of (seed, step) or stored in the checkpoint with the RNG states, so 2 steps + resume + 2
+steps == 4 steps for every objective.
 """
 from __future__ import annotations
 
@@ -31,14 +33,17 @@ from grace.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from grace.config import ConfigError, TrainConfig, resolve_train_file, validate
-from grace.data import DataError, DataIssue, load_examples
+from grace.config import ConfigError, TrainConfig, example_kind, resolve_train_file, token_budgets, validate
+from grace.data import DataError, DataIssue, LoadedData, load_examples
 from grace.data.stream import ExampleStream
+from grace.guards import Finding, Watch
+from grace.heldout import heldout_from_config, score
 from grace.models import load_policy, load_tokenizer
 from grace.objectives import TrainContext, build_objective
 from grace.optim import make_scheduler, mean_learning_rate
 from grace.prompts import PromptTemplate, text_token_ids
-from grace.resume import check_resume, record_start, resolved_config
+from grace.resume import check_resume, record_start, resolved_config, starting_model
+from grace.sweep import TRAINING_SCORE, read_metrics
 from grace.tracking import METRICS_FILE, RunLogger
 
 
@@ -47,6 +52,7 @@ class TrainResult:
     output_dir: Path
     last_checkpoint: Path
     steps_done: int
+    stopped_by: Finding | None = None  # the guard that ended the run early (trainer.guards.*.action=stop)
 
 
 def train(
@@ -66,9 +72,10 @@ def train(
     check_output_dir(cfg, output_dir)
     resume_from = find_resume_checkpoint(cfg, output_dir)
     check_resume(cfg, resume_from)  # the settings it was trained with, against these
-    policy_source = str(resume_from or cfg.model.source)
     output_dir.mkdir(parents=True, exist_ok=True)
     record_start(cfg, output_dir, resume_from)  # config.yaml, and configs/start-N.yaml of every start
+    start_model = starting_model(cfg, output_dir, resume_from)  # model.source as resolved at the first start
+    policy_source = str(resume_from or start_model)
     device = resolve_device(cfg.model.device)
     torch.manual_seed(cfg.seed)
 
@@ -78,29 +85,26 @@ def train(
         template = PromptTemplate.build(tokenizer, cfg.embedding.system_prompt)
     except ValueError as error:  # no chat template: a base model, not an instruct model
         raise ConfigError(f"model.source={cfg.model.source!r}: {error}") from None
-    loaded = load_examples(
-        resolve_train_file(cfg),
-        cfg.mode,
-        on_error=cfg.data.on_error,
-        token_count=lambda text: len(text_token_ids(tokenizer, text)),
-        max_tokens=cfg.embedding.max_prompt_tokens - template.overhead,
-        limit=cfg.data.limit,
-        text_field=cfg.data.text_field,
-        split=cfg.data.split,
-    )
+    loaded = read_examples(cfg, tokenizer, template, resolve_train_file(cfg), example_kind(cfg), cfg.data.split, cfg.data.limit)
     print(loaded.summary())
-    if len(loaded.examples) < cfg.trainer.batch_size:
-        reason = f"only {len(loaded.examples)} usable examples, fewer than trainer.batch_size={cfg.trainer.batch_size}: lower that"
+    examples, heldout = heldout_from_config(
+        cfg, loaded.examples, lambda source, split: read_examples(cfg, tokenizer, template, source, cfg.mode, split).examples
+    )
+    if heldout is not None:
+        print(heldout.description)
+    if len(examples) < cfg.trainer.batch_size:
+        reason = f"only {len(examples)} usable examples, fewer than trainer.batch_size={cfg.trainer.batch_size}: lower that"
         raise DataError(DataIssue(loaded.source, None, None, reason), hint=None)
-    stream = ExampleStream(loaded.examples, cfg.trainer.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
+    stream = ExampleStream(examples, cfg.trainer.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
 
-    # Policy (from the checkpoint when resuming), and a frozen reference only if KL is actually used.
+    # Policy (from the checkpoint when resuming), and a frozen reference only if KL is actually used: the
+    # starting model (e.g. the SFT warm start), also after a resume.
     model, tokenizer = load_policy(policy_source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.gradient_checkpointing:  # renamed in later transformers 5 releases, where the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     reference = None
     if cfg.algorithm.kl_coef > 0:
-        reference, _ = load_policy(cfg.model.source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+        reference, _ = load_policy(start_model, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
         reference.requires_grad_(False)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.trainer.precision == "bf16" else nullcontext()
@@ -131,6 +135,13 @@ def train(
         group=cfg.logger.group or run_group,
         tags=list(cfg.logger.tags),
     )
+    evaluate = None
+    if heldout is not None:
+        evaluate = lambda: score(heldout, model, tokenizer, template, objective.embedding, batch_size=cfg.trainer.heldout.batch_size)  # noqa: E731
+    watch = Watch(
+        cfg.trainer, read_metrics(output_dir / METRICS_FILE), evaluate,
+        score_key=heldout.primary if heldout is not None else None, training_key=TRAINING_SCORE[cfg.objective.name],
+    )  # fmt: skip
 
     def checkpoint(at_step: int) -> Path:
         state = {
@@ -144,15 +155,20 @@ def train(
             "objective_state": objective.state_dict(),
         }
         name = encoder_name(run_label, at_step)
-        return save_checkpoint(
+        saved = save_checkpoint(
             output_dir, at_step, model, tokenizer, objective.embedding, state, keep_last=cfg.trainer.keep_last, name=name,
-            config=resolved_config(cfg),
+            config=resolved_config(cfg), protect=watch.protected(checkpoint_root(output_dir)),
         )
+        watch.record_best(output_dir, saved)
+        return saved
 
     last = latest_checkpoint(output_dir)
-    exit_code = 1
+    exit_code, stopped_by = 1, None
     label, shown = objective.progress_metric
     try:
+        if step == 0 and (scores := watch.evaluate(0)):  # the starting model's held-out scores
+            watch.check(start := {"step": 0, **scores})
+            logger.log_step(start)
         progress = tqdm(total=cfg.trainer.max_steps, initial=step, desc=objective.name, disable=not cfg.logger.progress_bar, dynamic_ncols=True)
         while step < cfg.trainer.max_steps:
             started = time.perf_counter()
@@ -167,15 +183,19 @@ def train(
             metrics = {"step": step, **result.metrics}
             metrics["optim/lr"] = mean_learning_rate(scheduler, first_update, result.updates)  # mean over the step's updates
             metrics["time/step_seconds"] = step_seconds
+            metrics.update(watch.evaluate(step))  # held-out eval/* every trainer.eval_every steps
+            verdict = watch.check(metrics)  # the guards: warnings, guard/* flags, a stop, a new best held-out score
             logger.log_step(metrics)
             if result.rationales and (step == 1 or step % cfg.trainer.rationale_log_every == 0):
                 logger.log_rationales(step, result.rationales)
-            if step % cfg.trainer.save_every == 0 or step == cfg.trainer.max_steps:
+            if verdict.best or verdict.stop or step % cfg.trainer.save_every == 0 or step == cfg.trainer.max_steps:
                 last = checkpoint(step)
             progress.update(1)
             progress.set_postfix({label: f"{metrics[shown]:.3f}", "step_s": f"{step_seconds:.1f}"})
+            if (stopped_by := verdict.stop) is not None:
+                break
         progress.close()
-        result = TrainResult(output_dir, last, step)
+        result = TrainResult(output_dir, last, step, stopped_by)
         if after_training is not None:
             after_training(result, logger)
         exit_code = 0
@@ -185,6 +205,19 @@ def train(
 
 
 # ---------------------------------------------------------------------- stages
+
+
+def read_examples(
+    cfg: TrainConfig, tokenizer, template: PromptTemplate, source: str, kind: str, split: str, limit: int | None = None
+) -> LoadedData:
+    """``kind`` examples of ``source``, each text checked against the prompt budget (and a demonstration's
+    rationale against the rationale length), bad ones handled as ``data.on_error`` says."""
+    prompt_budget = cfg.embedding.max_prompt_tokens - template.overhead
+    return load_examples(
+        source, kind, on_error=cfg.data.on_error, token_count=lambda text: len(text_token_ids(tokenizer, text)),
+        max_tokens=token_budgets(cfg, prompt_budget) if kind == example_kind(cfg) else prompt_budget,
+        limit=limit, text_field=cfg.data.text_field, split=split,
+    )  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,8 +26,12 @@ def test_every_shipped_config_composes_and_validates(override):
 
 
 @pytest.mark.parametrize("name", group_options("objective"))
-def test_every_shipped_objective_validates_in_its_mode(name):
-    validate(compose_config(f"objective={name}", "mode=unsupervised" if name == "simcse" else "mode=supervised"))
+def test_every_shipped_objective_validates_in_its_mode(name, tmp_path):
+    data = []
+    if name == "sft":  # it reads demonstrations, which no packaged corpus holds
+        (tmp_path / "demos.jsonl").write_text('{"text": "a cat", "rationale": "a small animal"}\n')
+        data = [f"data.train_file={tmp_path / 'demos.jsonl'}"]
+    validate(compose_config(f"objective={name}", "mode=unsupervised" if name == "simcse" else "mode=supervised", *data))
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from grace.data.errors import DataError, DataIssue
-from grace.data.examples import Example, Sentence, Triplet
+from grace.data.examples import Demonstration, Example, Sentence, Triplet
 
-MODES = ("supervised", "unsupervised")
+DEMONSTRATIONS = "demonstrations"  # the examples of objective=sft: {"text", "rationale"}
+MODES = ("supervised", "unsupervised", DEMONSTRATIONS)  # the kinds of example a source is read as
 ON_ERROR = ("raise", "skip")
 TRIPLET_FIELDS = ("query", "positive", "negative")
+DEMONSTRATION_FIELDS = ("text", "rationale")
 JSON_SUFFIXES = (".jsonl", ".json")
 # The packaged corpora: the mode of the examples each one holds, and its splits.
 PACKAGED_MODES = {"wiki": "unsupervised", "chatterbot": "supervised", "lee_background": "unsupervised"}
@@ -68,7 +70,7 @@ def load_examples(
     *,
     on_error: str = "raise",
     token_count: Callable[[str], int] | None = None,
-    max_tokens: int | None = None,
+    max_tokens: int | dict[str, int] | None = None,
     limit: int | None = None,
     text_field: str = "text",
     split: str = "train",
@@ -76,8 +78,9 @@ def load_examples(
     """Read and check the examples of ``source``; see the module docstring for the error policy.
 
     ``mode``: "supervised" reads Triplets (fields query, positive, negative), "unsupervised" reads
-    Sentences (field ``text_field``). Texts are stripped of surrounding whitespace. With
-    ``max_tokens``, a text whose ``token_count`` exceeds it is a bad example (it would be truncated
+    Sentences (field ``text_field``), "demonstrations" reads Demonstrations (fields text, rationale).
+    Texts are stripped of surrounding whitespace. With ``max_tokens`` (one budget for every field, or
+    field -> budget), a text whose ``token_count`` exceeds it is a bad example (it would be truncated
     inside the prompt). ``limit`` stops after that many good examples. ``split`` selects the split
     of ``packaged:chatterbot`` and of ``datasets`` sources.
     """
@@ -89,7 +92,7 @@ def load_examples(
         raise ValueError("max_tokens needs token_count, the function that counts a text's tokens")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of examples, got {limit}")
-    fields = TRIPLET_FIELDS if mode == "supervised" else (text_field,)
+    fields = {"supervised": TRIPLET_FIELDS, DEMONSTRATIONS: DEMONSTRATION_FIELDS}.get(mode, (text_field,))
     budget = (token_count, max_tokens) if token_count is not None and max_tokens is not None else None
 
     examples: list[Example] = []
@@ -118,7 +121,7 @@ def _to_example(
     record: _Record,
     source: str,
     fields: tuple[str, ...],
-    budget: tuple[Callable[[str], int], int] | None,
+    budget: tuple[Callable[[str], int], int | dict[str, int]] | None,
 ) -> Example | DataIssue:
     """Check one record field by field and build its example, or say what is wrong with it."""
 
@@ -139,12 +142,16 @@ def _to_example(
             return issue(field, "empty text")
         if budget is not None:
             token_count, max_tokens = budget
+            limit = max_tokens.get(field) if isinstance(max_tokens, dict) else max_tokens
             tokens = token_count(text)
-            if tokens > max_tokens:
-                return issue(field, f"text has {tokens} tokens, over the prompt budget of {max_tokens}")
+            if limit is not None and tokens > limit:
+                what = "the rationale budget" if field == "rationale" else "the prompt budget"
+                return issue(field, f"text has {tokens} tokens, over {what} of {limit}")
         texts.append(text)
     if len(fields) == 3:
         return Triplet(texts[0], texts[1], texts[2], origin=record.origin)
+    if fields == DEMONSTRATION_FIELDS:
+        return Demonstration(texts[0], texts[1], origin=record.origin)
     return Sentence(texts[0], origin=record.origin)
 
 
@@ -161,6 +168,11 @@ def check_source(source: str, mode: str, split: str = "train") -> None:
             known = ", ".join(f"packaged:{n}" for n in PACKAGED_MODES)
             raise ValueError(f"unknown packaged corpus {name!r}: use one of {known}")
         wanted = PACKAGED_MODES[name]
+        if mode == DEMONSTRATIONS:
+            raise ValueError(
+                f"{source} holds {wanted} data, not demonstrations: objective=sft reads a .jsonl/.parquet file or a "
+                "datasets directory with fields text, rationale (make one with `grace-sft sample`)"
+            )
         if mode != wanted:
             suitable = ", ".join(f"packaged:{n}" for n, m in PACKAGED_MODES.items() if m == mode)
             raise ValueError(
@@ -177,10 +189,11 @@ def check_source(source: str, mode: str, split: str = "train") -> None:
         _check_saved_dataset(path)
         return
     suffix = path.suffix.lower()
-    if suffix == ".txt" and mode == "supervised":
+    if suffix == ".txt" and mode != "unsupervised":
+        fields = DEMONSTRATION_FIELDS if mode == DEMONSTRATIONS else TRIPLET_FIELDS
         raise ValueError(
             f"{source}: a .txt file holds one text per line, which only suits mode='unsupervised'; "
-            f"supervised data needs a .jsonl or .parquet file with fields {', '.join(TRIPLET_FIELDS)}"
+            f"{mode} data needs a .jsonl or .parquet file with fields {', '.join(fields)}"
         )
     if suffix not in (*JSON_SUFFIXES, ".txt", ".parquet"):
         raise ValueError(f"{source}: unsupported file type {suffix!r}; accepted sources: {ACCEPTED_SOURCES}")
@@ -316,7 +329,7 @@ def _packaged_records(source: str, fields: tuple[str, ...], split: str) -> Itera
 
 def _issue_kind(issue: DataIssue) -> str:
     """The reason without its details, for counting: "malformed JSON", "empty text", ..."""
-    if "over the prompt budget" in issue.reason:
+    if "over the prompt budget" in issue.reason or "over the rationale budget" in issue.reason:
         return "over the token budget"
     return issue.reason.split(":")[0].split(" (")[0]
 

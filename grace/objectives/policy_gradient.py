@@ -1,7 +1,10 @@
 """objective=grace: the GRACE step.
 
     examples -> rollouts for every role (rationales, embeddings pooled while generating) -> rewards
-    -> advantages -> PPO update in mini-batches (grace.ppo), optionally with the embedding loss
+    (the weighted components of reward.components, grace.rewards) -> advantages -> PPO update in
+    mini-batches (grace.ppo), optionally with the embedding loss
+
+``sample`` (rollouts and rewards, no update) is also what rejection sampling uses (grace.demonstrations).
 
 Rollout seeds are a function of (seed, step, row), so a resumed run samples the rationales it would have
 sampled. Advantage groups are (example, role): the k rationales of one text in one role.
@@ -13,13 +16,15 @@ import time
 from typing import Any, Sequence
 
 from grace.advantages import compute_advantages
-from grace.config import TrainConfig, role_max_new_tokens, role_samples, rollout_roles
+from grace.config import TrainConfig, reward_components, role_max_new_tokens, role_samples, rollout_roles
 from grace.data import Sentence, Triplet
 from grace.embedding import Decoding, EmbeddingConfig
 from grace.embedding_loss import rollout_partners
 from grace.objectives.base import Objective, StepResult, TrainContext
 from grace.ppo import UpdateStats, ppo_update
-from grace.rewards import RewardBreakdown, compute_rewards, within_group_std
+from grace.guards import different_text_mean_cos
+from grace.rewards import RewardBreakdown, RewardFunction, RewardInputs, within_group_std
+from grace.rewards.degenerate import repetition_rates
 from grace.rollout import Role, RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
 
 
@@ -30,16 +35,11 @@ class PolicyGradient(Objective):
     def __init__(self, context: TrainContext) -> None:
         super().__init__(context)
         self.sampling = role_sampling(context.cfg)
+        self.reward = RewardFunction.from_config(reward_components(context.cfg), context.cfg.reward, context.cfg.mode)
 
     @property
     def embedding(self) -> EmbeddingConfig:
-        cfg = self.context.cfg.embedding
-        return EmbeddingConfig(
-            system_prompt=cfg.system_prompt,
-            pooling=cfg.pooling,
-            max_prompt_tokens=cfg.max_prompt_tokens,
-            decoding=Decoding(max_new_tokens=self.sampling[Role.POSITIVE].max_new_tokens),
-        )
+        return rationale_embedding(self.context.cfg)
 
     def updates_per_step(self) -> int:
         cfg = self.context.cfg
@@ -47,8 +47,26 @@ class PolicyGradient(Objective):
 
     def step(self, step: int, examples: Sequence[Triplet | Sentence], optimizer, scheduler) -> StepResult:
         context, cfg = self.context, self.context.cfg
+        batch, rewards, rollout_seconds = self.sample(step, examples)
+        key = batch.group * len(Role) + batch.role  # advantage groups: (example, role)
+        advantages = compute_advantages(
+            rewards.total, key, rewards.trained, estimator=cfg.algorithm.estimator, scale_by_std=cfg.algorithm.scale_by_std
+        )
 
-        # 1. Rollouts: k rationales per text and role, embeddings pooled during generation.
+        # Policy update, with the embedding loss against the rollout's own (detached) embeddings if asked.
+        partners = rollout_partners(batch.embeddings, batch.group, batch.role, cfg.mode) if cfg.algorithm.embedding_loss_coef > 0 else None
+        update = ppo_update(context.model, context.reference, optimizer, scheduler, batch, advantages, rewards.trained, cfg, context.autocast, partners)
+
+        return StepResult(
+            metrics=step_metrics(cfg, batch, rewards, advantages, key, update, rollout_seconds),
+            updates=update.updates,
+            rationales=sample_rationales(batch, rewards.total, advantages, context.tokenizer, cfg.trainer.rationale_log_count),
+        )
+
+    def sample(self, step: int, examples: Sequence[Triplet | Sentence]) -> tuple[RolloutBatch, RewardBreakdown, float]:
+        """Rollouts (k rationales per text and role, embeddings pooled during generation) and their rewards;
+        returns (batch, rewards, rollout seconds). Seeds are a function of (seed, step, row)."""
+        context, cfg = self.context, self.context.cfg
         requests = rollout_requests(examples, cfg.mode)
         rows = expand_requests(requests, self.sampling)
         context.model.eval()
@@ -67,33 +85,26 @@ class PolicyGradient(Objective):
                 options=cfg.generation,
             )
         rollout_seconds = time.perf_counter() - rollout_started
-
-        # 2. Rewards and advantages; advantage groups are (example, role).
-        rewards = compute_rewards(
-            batch.embeddings,
-            batch.group,
-            batch.role,
-            batch.truncated,
-            variant=cfg.reward.variant,
-            mode=cfg.mode,
-            tau=cfg.reward.tau,
-            w_cluster=cfg.reward.w_cluster,
-            w_cross=cfg.reward.w_cross,
+        rewards = self.reward(
+            RewardInputs(
+                batch.embeddings, batch.group, batch.role, batch.truncated, batch.rationale_ids, batch.rationale_mask,
+                batch.texts, step=step, decode=self.decode,
+            )  # fmt: skip
         )
-        key = batch.group * len(Role) + batch.role
-        advantages = compute_advantages(
-            rewards.total, key, rewards.trained, estimator=cfg.algorithm.estimator, scale_by_std=cfg.algorithm.scale_by_std
-        )
+        return batch, rewards, rollout_seconds
 
-        # 3. Policy update, with the embedding loss against the rollout's own (detached) embeddings if asked.
-        partners = rollout_partners(batch.embeddings, batch.group, batch.role, cfg.mode) if cfg.algorithm.embedding_loss_coef > 0 else None
-        update = ppo_update(context.model, context.reference, optimizer, scheduler, batch, advantages, rewards.trained, cfg, context.autocast, partners)
+    def decode(self, ids: list[int]) -> str:
+        return self.context.tokenizer.decode(ids, skip_special_tokens=True)
 
-        return StepResult(
-            metrics=step_metrics(cfg, batch, rewards, advantages, key, update, rollout_seconds),
-            updates=update.updates,
-            rationales=sample_rationales(batch, rewards.total, advantages, context.tokenizer, cfg.trainer.rationale_log_count),
-        )
+
+def rationale_embedding(cfg: TrainConfig) -> EmbeddingConfig:
+    """How a policy trained to write rationales embeds: greedy rationales of the positive role's length."""
+    return EmbeddingConfig(
+        system_prompt=cfg.embedding.system_prompt,
+        pooling=cfg.embedding.pooling,
+        max_prompt_tokens=cfg.embedding.max_prompt_tokens,
+        decoding=Decoding(max_new_tokens=role_max_new_tokens(cfg, "positive")),
+    )
 
 
 def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
@@ -136,10 +147,15 @@ def step_metrics(
     trained = rewards.trained
     lengths = batch.rationale_lengths.float()
     metrics: dict[str, Any] = {}
-    for name, value in {"total": rewards.total, **rewards.terms}.items():
+    # The total, the GRACE terms (and other components' parts), then each component's contribution.
+    for name, value in {"total": rewards.total, **rewards.terms, **rewards.components}.items():
         metrics[f"reward/{name}_mean"] = float(value[trained].mean())
         metrics[f"reward/{name}_std"] = float(value[trained].std(unbiased=False))
         metrics[f"reward/{name}_within_group_std"] = float(within_group_std(value, key, trained))
+    for name, weight in rewards.weights.items():
+        metrics[f"reward_weight/{name}"] = weight
+    for name, capped in rewards.capped.items():
+        metrics[f"reward_capped/{name}"] = float(capped[trained].float().mean())
     for role in Role:
         members = trained & (batch.role == role)
         if bool(members.any()):
@@ -167,6 +183,10 @@ def step_metrics(
             "rollout/rationale_length_max": float(lengths.max()),
             "rollout/truncation_rate": float(batch.truncated.float().mean()),
             "rollout/input_truncation_rate": float(batch.input_truncated.float().mean()),
+            # What the guards watch (grace/guards.py): loops in the rationales, and embeddings of different
+            # texts drawing together (near 1: collapse).
+            "rollout/repetition_rate": float(repetition_rates(batch.rationale_ids, batch.rationale_mask).mean()),
+            "rollout/embedding_mean_cos": different_text_mean_cos(batch.embeddings, batch.texts),
             "rollout/rows": len(batch),
             "time/rollout_seconds": rollout_seconds,
             "time/generated_tokens_per_second": float(lengths.sum()) / max(rollout_seconds, 1e-9),

@@ -1,6 +1,6 @@
-"""Rewards: embeddings of a batch of rollouts -> one scalar per rollout, with every term kept apart.
-
-This is the entry point other code and outside users build on::
+"""The GRACE reward terms, both variants: embeddings of a batch of rollouts -> one scalar per rollout,
+with every term kept apart. In the composed reward (``grace.rewards.compose``) they are the built-in
+component ``grace``; ``compute_rewards`` is also the entry point other code and outside users build on::
 
     compute_rewards(embeddings [R, H], group [R], role [R], truncated [R], *, variant, mode,
                     tau=0.1, w_cluster=0.2, w_cross=0.2) -> RewardBreakdown
@@ -48,18 +48,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from grace.rewards.types import ComponentValue, RewardBreakdown, RewardInputs
 from grace.rollout import Role
 
 VARIANTS = ("paper", "contrastive")
 MODES = ("supervised", "unsupervised")
 PAPER_TRUNCATION_REWARD = -1.0
-
-
-@dataclass
-class RewardBreakdown:
-    total: torch.Tensor  # [R] float32, the reward each rollout is trained on
-    terms: dict[str, torch.Tensor]  # name -> [R] float32, each term's contribution to `total`
-    trained: torch.Tensor  # [R] bool, rollouts that receive policy gradient
 
 
 def compute_rewards(
@@ -87,7 +81,7 @@ def compute_rewards(
         total = torch.where(truncated & trained, torch.full_like(total, PAPER_TRUNCATION_REWARD), total)
     else:
         terms = _contrastive_terms(e, structure, role, tau, w_cluster, w_cross)
-        trained = torch.ones_like(truncated, dtype=torch.bool)
+        trained = trained_rows(role, variant)
         total = torch.stack(list(terms.values())).sum(dim=0)
         # Shift truncated rollouts below every finished one; they stay ordered among themselves, so a
         # group whose rollouts are all truncated still learns which of them embedded best.
@@ -96,27 +90,22 @@ def compute_rewards(
     return RewardBreakdown(total=total, terms=terms, trained=trained)
 
 
-def within_group_std(values: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over groups of the (population) std of ``values`` [R] within each group of ``key`` [R].
+def grace_component(
+    inputs: RewardInputs, *, variant: str, mode: str, tau: float, w_cluster: float, w_cross: float
+) -> ComponentValue:
+    """The built-in component ``grace``: ``compute_rewards`` on the batch's embeddings, its truncation rule
+    included; its terms are logged under their own names (``reward/positive_mean``, ...). The composed
+    reward passes ``variant``, ``tau``, ``w_cluster``, ``w_cross`` from ``reward.*`` and ``mode``."""
+    rewards = compute_rewards(
+        inputs.embeddings, inputs.group, inputs.role, inputs.truncated,
+        variant=variant, mode=mode, tau=tau, w_cluster=w_cluster, w_cross=w_cross,
+    )  # fmt: skip
+    return ComponentValue(rewards.total, rewards.terms)
 
-    Only rows where ``mask`` is true count. A term with zero within-group spread gives zero GRPO
-    advantage: it trains nothing, however large its mean.
-    """
-    mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask
-    if not bool(mask.any()):
-        return values.new_tensor(0.0)
-    index = torch.unique(key[mask], return_inverse=True)[1]
-    groups = int(index.max()) + 1
-    # Shifted by each group's first value: a constant group then sums exact zeros, so its std is exactly 0
-    # (sum / count of equal floats can miss the value by an ulp, which would hide a dead term).
-    kept = values[mask].float()
-    rows = torch.arange(len(kept), device=values.device)
-    first = torch.full((groups,), len(kept), device=values.device).scatter_reduce(0, index, rows, reduce="amin")
-    shifted = kept - kept[first][index]
-    count = torch.zeros(groups, device=values.device).index_add_(0, index, torch.ones_like(shifted))
-    mean = torch.zeros_like(count).index_add_(0, index, shifted) / count
-    square = torch.zeros_like(count).index_add_(0, index, (shifted - mean[index]) ** 2)
-    return (square / count).sqrt().mean()
+
+def trained_rows(role: torch.Tensor, variant: str) -> torch.Tensor:
+    """[R] bool, rollouts that receive policy gradient: the positives in the paper's recipe, all in ours."""
+    return role == Role.POSITIVE if variant == "paper" else torch.ones_like(role, dtype=torch.bool)
 
 
 def _check_inputs(embeddings, group, role, truncated, variant, mode, tau) -> None:

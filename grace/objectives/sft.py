@@ -1,0 +1,62 @@
+"""objective=sft: supervised fine-tuning of the policy on rationale demonstrations (``grace-sft``).
+
+    demonstrations (text, rationale) -> the rollout layout of grace.sft_loss -> token-mean NLL of the
+    rationale tokens (EOS included), prompt masked out -> AdamW updates in mini-batches
+
+The warm start of two-stage training (arXiv 2511.16073): teach the policy to write rationales of the
+wanted form before GRPO polishes them. The checkpoints embed as GRACE checkpoints do (a greedy rationale
+of ``rollout.max_new_tokens``), so they serve as ``model.source`` for ``grace-train`` and as encoders.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from grace.data import Demonstration
+from grace.embedding import EmbeddingConfig
+from grace.objectives.base import Objective, StepResult
+from grace.objectives.policy_gradient import rationale_embedding
+from grace.optim import apply_update
+from grace.sft_loss import demonstration_batch, rationale_nll
+
+
+class SupervisedFineTuning(Objective):
+    name = "sft"
+    progress_metric = ("loss", "loss/sft")
+
+    @property
+    def embedding(self) -> EmbeddingConfig:
+        return rationale_embedding(self.context.cfg)
+
+    def updates_per_step(self) -> int:
+        cfg = self.context.cfg
+        return cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
+
+    def step(self, step: int, examples: Sequence[Demonstration], optimizer, scheduler) -> StepResult:
+        context, cfg = self.context, self.context.cfg
+        per_update = cfg.trainer.mini_batch_size or cfg.trainer.batch_size
+        context.model.train()
+        nll, tokens, correct, grad_norms, updates = 0.0, 0, 0, 0.0, 0
+        for start in range(0, len(examples), per_update):
+            batch = demonstration_batch(context.tokenizer, context.template, examples[start : start + per_update], cfg.embedding.max_prompt_tokens)
+            update_tokens = int(batch.rationale_mask.sum())
+            optimizer.zero_grad(set_to_none=True)
+            # Each micro-batch's sum is divided by the update's token count: the gradients add up to the token mean.
+            for rows in batch.group.split(cfg.trainer.micro_batch_size):
+                with context.autocast:
+                    out = rationale_nll(context.model, batch.select(rows))
+                (out.nll_sum / update_tokens).backward()
+                nll, correct = nll + float(out.nll_sum.detach()), correct + out.correct
+            tokens += update_tokens
+            grad_norms += apply_update(context.model, optimizer, scheduler, cfg.trainer.grad_clip)
+            updates += 1
+        context.model.eval()
+        loss = nll / tokens
+        metrics = {
+            "loss/sft": loss,  # token-mean NLL of the step's rationale tokens
+            "sft/perplexity": math.exp(min(loss, 50.0)),
+            "sft/token_accuracy": correct / tokens,  # rationale tokens that were the model's most likely next token
+            "sft/rationale_tokens_mean": tokens / len(examples),
+            "optim/grad_norm": grad_norms / updates,
+        }
+        return StepResult(metrics=metrics, updates=updates)
