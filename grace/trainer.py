@@ -8,6 +8,12 @@ stream, model loading, optimizer and schedule, logging, checkpoints with exact r
 top to bottom. The loop is deterministic on CPU for a given seed: data order, rollout seeds and the
 optimizer state are all functions of (seed, step) or stored in the checkpoint with the RNG states, so
 2 steps + resume + 2 steps == 4 steps for every objective.
+
+Under ``torchrun --nproc_per_node=N`` every rank runs this function: each reads the same global batch
+and the objective works on its share; the model is wrapped for DDP or sharded by FSDP (``grace.parallel``,
+``trainer.strategy``), LoRA adapters are injected first (``grace.lora``); rank 0 alone writes the run's
+files, logs and checkpoints (``grace.distributed``). Checkpoints hold the whole model and a named
+optimizer state, so a run resumes with another world size.
 """
 from __future__ import annotations
 
@@ -34,9 +40,12 @@ from grace.checkpoint import (
 from grace.config import ConfigError, TrainConfig, resolve_train_file, validate
 from grace.data import DataError, DataIssue, load_examples
 from grace.data.stream import ExampleStream
+from grace.distributed import barrier, init_from_env, launched_by_torchrun, on_main, seed_step, world
+from grace.lora import Lora
 from grace.models import load_policy, load_tokenizer
-from grace.objectives import TrainContext, build_objective
+from grace.objectives import REGISTRY, TrainContext, build_objective
 from grace.optim import make_scheduler, mean_learning_rate
+from grace.parallel import Parallel, check_world_size, resolve_strategy
 from grace.prompts import PromptTemplate, text_token_ids
 from grace.resume import check_resume, record_start, resolved_config
 from grace.tracking import METRICS_FILE, RunLogger
@@ -62,13 +71,17 @@ def train(
     # Settings, output directory and data are all checked before the weights load (minutes for a large
     # backbone, wasted if line 9000 of the data is bad).
     validate(cfg)
+    layout = init_from_env()  # under torchrun: this rank's place (grace-train has joined the group already)
+    check_world_size(cfg, layout)
     output_dir = Path(output_dir)
     check_output_dir(cfg, output_dir)
     resume_from = find_resume_checkpoint(cfg, output_dir)
     check_resume(cfg, resume_from)  # the settings it was trained with, against these
+    barrier()  # every rank has looked at the directory before rank 0 writes into it
     policy_source = str(resume_from or cfg.model.source)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    record_start(cfg, output_dir, resume_from)  # config.yaml, and configs/start-N.yaml of every start
+    if layout.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        record_start(cfg, output_dir, resume_from)  # config.yaml, and configs/start-N.yaml of every start
     device = resolve_device(cfg.model.device)
     torch.manual_seed(cfg.seed)
 
@@ -88,53 +101,74 @@ def train(
         text_field=cfg.data.text_field,
         split=cfg.data.split,
     )
-    print(loaded.summary())
+    if layout.is_main:
+        print(loaded.summary())
     if len(loaded.examples) < cfg.trainer.batch_size:
         reason = f"only {len(loaded.examples)} usable examples, fewer than trainer.batch_size={cfg.trainer.batch_size}: lower that"
         raise DataError(DataIssue(loaded.source, None, None, reason), hint=None)
     stream = ExampleStream(loaded.examples, cfg.trainer.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
 
-    # Policy (from the checkpoint when resuming), and a frozen reference only if KL is actually used.
-    model, tokenizer = load_policy(policy_source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+    # Policy (from the checkpoint when resuming; with LoRA the base model and the checkpoint's adapter),
+    # wrapped for the strategy; a frozen reference only if KL is actually used.
+    lora = cfg.model.lora.r > 0
+    model, tokenizer = load_policy(
+        cfg.model.source if lora else policy_source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code
+    )
+    adapters = Lora(model, cfg.model.lora, cfg.model.source) if lora else None
+    if adapters is not None and resume_from is not None:
+        adapters.load_adapter(resume_from)
     if cfg.model.gradient_checkpointing:  # renamed in later transformers 5 releases, where the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    parallel = Parallel(model, resolve_strategy(cfg.trainer.strategy, layout), reads_logits=REGISTRY[cfg.objective.name].reads_logits)
     reference = None
-    if cfg.algorithm.kl_coef > 0:
-        reference, _ = load_policy(cfg.model.source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
-        reference.requires_grad_(False)
+    if cfg.algorithm.kl_coef > 0:  # with LoRA, the policy with its adapter off: no second copy of the model
+        if adapters is not None:
+            reference = adapters.without_adapter(parallel.module)
+        else:
+            reference_model, _ = load_policy(cfg.model.source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+            reference = parallel.frozen(reference_model)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.trainer.precision == "bf16" else nullcontext()
-    objective = build_objective(TrainContext(cfg, model, tokenizer, template, device, autocast, reference))
+    objective = build_objective(TrainContext(cfg, model, tokenizer, template, device, autocast, reference, parallel))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    optimizer = torch.optim.AdamW(parallel.trainable_parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, objective.updates_per_step())
     step, position = 0, 0
     if resume_from is not None:
         state = load_trainer_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         objective.load_state_dict(state.get("objective_state", {}))
         step, position = state["step"], state["data_position"]
         restore_rng_state(state["rng"])
-        print(f"resumed from {resume_from} at step {step}")
+        if layout.is_main:
+            print(f"resumed from {resume_from} at step {step}")
 
     run_label = run_name or output_dir.name
-    logger = RunLogger(
-        output_dir,
-        backend=cfg.logger.backend,
-        config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-        resumed_step=step,
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        mode=cfg.logger.mode,
-        name=cfg.logger.name or run_name,
-        group=cfg.logger.group or run_group,
-        tags=list(cfg.logger.tags),
+    logger = on_main(  # rank 0 writes metrics, rationales and wandb; the other ranks' calls do nothing
+        lambda: RunLogger(
+            output_dir,
+            backend=cfg.logger.backend,
+            config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+            resumed_step=step,
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            mode=cfg.logger.mode,
+            name=cfg.logger.name or run_name,
+            group=cfg.logger.group or run_group,
+            tags=list(cfg.logger.tags),
+        )
     )
 
     def checkpoint(at_step: int) -> Path:
+        # Every rank takes part: under FSDP the weights and the optimizer state are gathered to rank 0.
+        weights, adapter = adapters.export(parallel) if adapters is not None else (parallel.export_model(), None)
+        optimizer_state = parallel.optimizer_state(optimizer)
+        name = encoder_name(run_label, at_step)
+        if not layout.is_main:
+            return checkpoint_root(output_dir) / f"step-{at_step}"
         state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,  # keyed by parameter name: loads with any world size
             "scheduler": scheduler.state_dict(),
             "step": at_step,
             "data_position": position,
@@ -142,24 +176,26 @@ def train(
             "run_name": run_label,  # in full: the encoder's name is cut short to serve as a folder name
             "objective": objective.name,
             "objective_state": objective.state_dict(),
+            "world_size": layout.size,  # for the record: a resume may use another
         }
-        name = encoder_name(run_label, at_step)
         return save_checkpoint(
-            output_dir, at_step, model, tokenizer, objective.embedding, state, keep_last=cfg.trainer.keep_last, name=name,
-            config=resolved_config(cfg),
+            output_dir, at_step, weights, tokenizer, objective.embedding, state, keep_last=cfg.trainer.keep_last, name=name,
+            config=resolved_config(cfg), adapter=adapter,
         )
 
     last = latest_checkpoint(output_dir)
     exit_code = 1
     label, shown = objective.progress_metric
     try:
-        progress = tqdm(total=cfg.trainer.max_steps, initial=step, desc=objective.name, disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+        bar = cfg.logger.progress_bar and layout.is_main
+        progress = tqdm(total=cfg.trainer.max_steps, initial=step, desc=objective.name, disable=not bar, dynamic_ncols=True)
         while step < cfg.trainer.max_steps:
             started = time.perf_counter()
-            examples = stream.batch_at(position)
+            examples = stream.batch_at(position)  # the global batch: the same on every rank
             position += len(examples)
             step += 1
             first_update = scheduler.last_epoch  # the rate logged is the one this step's updates used
+            seed_step(cfg.seed, step)  # dropout and other global randomness: per (step, rank)
 
             result = objective.step(step, examples, optimizer, scheduler)
 
@@ -176,7 +212,8 @@ def train(
             progress.set_postfix({label: f"{metrics[shown]:.3f}", "step_s": f"{step_seconds:.1f}"})
         progress.close()
         result = TrainResult(output_dir, last, step)
-        if after_training is not None:
+        barrier()  # the last checkpoint is written before any rank leaves
+        if after_training is not None and layout.is_main:  # the final evaluation: rank 0 alone
             after_training(result, logger)
         exit_code = 0
     finally:
@@ -188,9 +225,13 @@ def train(
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is one. Under torchrun a bare ``cuda`` is the rank's own device (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        return torch.device("cuda", world().local_rank)
+    return device
 
 
 def check_output_dir(cfg: TrainConfig, output_dir: Path) -> None:

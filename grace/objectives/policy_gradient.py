@@ -5,18 +5,28 @@
 
 Rollout seeds are a function of (seed, step, row), so a resumed run samples the rationales it would have
 sampled. Advantage groups are (example, role): the k rationales of one text in one role.
+
+Under torchrun each rank rolls out its share of the examples (all rationales of an example on one rank;
+``grace.distributed.local_examples``), with the seeds of their rows in the global batch; the pooled
+embeddings and labels of every rank are gathered (no gradient: [R, H] floats), so every reward term and
+advantage is computed over the global batch, on every rank, exactly as one process would; each rank then
+trains on its own rows.
 """
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
+
+import torch
 
 from grace.advantages import compute_advantages
 from grace.config import TrainConfig, role_max_new_tokens, role_samples, rollout_roles
 from grace.data import Sentence, Triplet
+from grace.distributed import gather_rows, local_examples, max_over_ranks
 from grace.embedding import Decoding, EmbeddingConfig
-from grace.embedding_loss import rollout_partners
+from grace.embedding_loss import EmbeddingPartners, rollout_partners
 from grace.objectives.base import Objective, StepResult, TrainContext
 from grace.ppo import UpdateStats, ppo_update
 from grace.rewards import RewardBreakdown, compute_rewards, within_group_std
@@ -48,12 +58,14 @@ class PolicyGradient(Objective):
     def step(self, step: int, examples: Sequence[Triplet | Sentence], optimizer, scheduler) -> StepResult:
         context, cfg = self.context, self.context.cfg
 
-        # 1. Rollouts: k rationales per text and role, embeddings pooled during generation.
-        requests = rollout_requests(examples, cfg.mode)
-        rows = expand_requests(requests, self.sampling)
+        # 1. Rollouts of this rank's examples: k rationales per text and role, embeddings pooled during
+        #    generation. Groups are positions in the global batch; seeds are those of the global rows.
+        mine = local_examples(len(examples), cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
+        requests = rollout_requests([examples[i] for i in mine], cfg.mode, groups=mine)
+        rows = global_rows(mine, len(expand_requests(requests, self.sampling)) // len(mine))
         context.model.eval()
         rollout_started = time.perf_counter()
-        with context.autocast:
+        with context.parallel.rollout(), context.autocast:
             batch = rollout(
                 context.model,
                 context.tokenizer,
@@ -62,38 +74,81 @@ class PolicyGradient(Objective):
                 self.sampling,
                 pooling=cfg.embedding.pooling,
                 max_prompt_tokens=cfg.embedding.max_prompt_tokens,
-                seeds=[step_seed(cfg.seed, step, i) for i in range(len(rows))],
+                seeds=[step_seed(cfg.seed, step, int(row)) for row in rows],
                 batch_size=cfg.rollout.batch_size,
                 options=cfg.generation,
             )
         rollout_seconds = time.perf_counter() - rollout_started
+        gather_started = time.perf_counter()
+        everyone = SharedRollout.gather(batch, rows)
+        gather_seconds = time.perf_counter() - gather_started
 
-        # 2. Rewards and advantages; advantage groups are (example, role).
+        # 2. Rewards and advantages over the global batch; advantage groups are (example, role).
         rewards = compute_rewards(
-            batch.embeddings,
-            batch.group,
-            batch.role,
-            batch.truncated,
+            everyone.embeddings,
+            everyone.group,
+            everyone.role,
+            everyone.truncated,
             variant=cfg.reward.variant,
             mode=cfg.mode,
             tau=cfg.reward.tau,
             w_cluster=cfg.reward.w_cluster,
             w_cross=cfg.reward.w_cross,
         )
-        key = batch.group * len(Role) + batch.role
+        key = everyone.group * len(Role) + everyone.role
         advantages = compute_advantages(
             rewards.total, key, rewards.trained, estimator=cfg.algorithm.estimator, scale_by_std=cfg.algorithm.scale_by_std
         )
 
-        # 3. Policy update, with the embedding loss against the rollout's own (detached) embeddings if asked.
-        partners = rollout_partners(batch.embeddings, batch.group, batch.role, cfg.mode) if cfg.algorithm.embedding_loss_coef > 0 else None
-        update = ppo_update(context.model, context.reference, optimizer, scheduler, batch, advantages, rewards.trained, cfg, context.autocast, partners)
-
-        return StepResult(
-            metrics=step_metrics(cfg, batch, rewards, advantages, key, update, rollout_seconds),
-            updates=update.updates,
-            rationales=sample_rationales(batch, rewards.total, advantages, context.tokenizer, cfg.trainer.rationale_log_count),
+        # 3. Policy update of this rank's rows, with the embedding loss against the rollout's own (detached)
+        #    embeddings if asked.
+        own = rows.to(advantages.device)
+        partners = None
+        if cfg.algorithm.embedding_loss_coef > 0:
+            partners = own_rows(rollout_partners(everyone.embeddings, everyone.group, everyone.role, cfg.mode), own)
+        update = ppo_update(
+            context.parallel, context.reference, optimizer, scheduler, batch, advantages[own], rewards.trained[own], cfg, context.autocast, partners
         )
+
+        rollout_seconds = float(max_over_ranks(rollout_seconds))  # the step waits for the slowest rank
+        return StepResult(
+            metrics=step_metrics(cfg, everyone, rewards, advantages, key, update, rollout_seconds, gather_seconds),
+            updates=update.updates,
+            rationales=sample_rationales(batch, rewards.total[own], advantages[own], context.tokenizer, cfg.trainer.rationale_log_count),
+        )
+
+
+@dataclass
+class SharedRollout:
+    """What every rank knows of the global batch's R rollouts (one process: its own), in global row order."""
+
+    embeddings: torch.Tensor  # [R, H] float32, L2-normalised
+    group: torch.Tensor  # [R] long, position of the row's example in the global batch
+    role: torch.Tensor  # [R] long, Role
+    truncated: torch.Tensor  # [R] bool, the rationale hit its limit without EOS
+    input_truncated: torch.Tensor  # [R] bool
+    rationale_lengths: torch.Tensor  # [R] long
+
+    @classmethod
+    def gather(cls, batch: RolloutBatch, rows: torch.Tensor) -> "SharedRollout":
+        """This rank's ``batch``, whose row i is global row ``rows[i]``, joined with every other rank's."""
+        labels = torch.stack([batch.group, batch.role, batch.truncated.long(), batch.input_truncated.long(), batch.rationale_lengths], dim=1)
+        labels = gather_rows(labels, rows)
+        return cls(gather_rows(batch.embeddings, rows), labels[:, 0], labels[:, 1], labels[:, 2].bool(), labels[:, 3].bool(), labels[:, 4])
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+
+def global_rows(examples: list[int], per_example: int) -> torch.Tensor:
+    """[r] global row of each local rollout row: every example has ``per_example`` rows (roles x samples), in
+    example order, so the global batch's rows are laid out as one process lays them out."""
+    return torch.tensor([e * per_example + j for e in examples for j in range(per_example)], dtype=torch.long)
+
+
+def own_rows(partners: EmbeddingPartners, rows: torch.Tensor) -> EmbeddingPartners:
+    """The global batch's partners, restricted to this rank's ``rows`` (candidates stay global)."""
+    return EmbeddingPartners(partners.candidates, partners.targets[rows], partners.exclude[rows], partners.takes_part[rows])
 
 
 def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
@@ -109,11 +164,12 @@ def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
     return sampling
 
 
-def rollout_requests(examples: Sequence[Triplet | Sentence], mode: str) -> list[RolloutRequest]:
+def rollout_requests(examples: Sequence[Triplet | Sentence], mode: str, groups: Sequence[int] | None = None) -> list[RolloutRequest]:
     """Supervised: query, positive and negative of each triplet. Unsupervised: the sentence twice, as the
-    "query" view and the "positive" view (their rationales differ, like dropout views in SimCSE)."""
+    "query" view and the "positive" view (their rationales differ, like dropout views in SimCSE).
+    ``groups``: each example's group id (default: its position)."""
     requests = []
-    for group, example in enumerate(examples):
+    for group, example in zip(groups if groups is not None else range(len(examples)), examples):
         if mode == "supervised":
             requests += [
                 RolloutRequest(example.query, group, Role.QUERY),
@@ -131,7 +187,14 @@ def step_seed(seed: int, step: int, row: int) -> int:
 
 
 def step_metrics(
-    cfg: TrainConfig, batch: RolloutBatch, rewards: RewardBreakdown, advantages, key, update: UpdateStats, rollout_seconds: float
+    cfg: TrainConfig,
+    batch: SharedRollout,
+    rewards: RewardBreakdown,
+    advantages,
+    key,
+    update: UpdateStats,
+    rollout_seconds: float,
+    gather_seconds: float = 0.0,
 ) -> dict[str, Any]:
     trained = rewards.trained
     lengths = batch.rationale_lengths.float()
@@ -169,6 +232,7 @@ def step_metrics(
             "rollout/input_truncation_rate": float(batch.input_truncated.float().mean()),
             "rollout/rows": len(batch),
             "time/rollout_seconds": rollout_seconds,
+            "time/gather_seconds": gather_seconds,
             "time/generated_tokens_per_second": float(lengths.sum()) / max(rollout_seconds, 1e-9),
         }
     )
