@@ -1,7 +1,8 @@
 """Training checkpoints: ``<output_dir>/checkpoints/step-N/``, each one a loadable GRACE encoder.
 
-A checkpoint directory holds the model (safetensors) and tokenizer, ``grace_encoder.json`` (prompt,
-pooling, decoding: what ``GraceEncoder.from_pretrained`` reads), ``trainer_state.pt`` (optimizer,
+A checkpoint directory holds the model (safetensors; with LoRA the merged weights, and the adapter in
+``adapter/``) and tokenizer, ``grace_encoder.json`` (prompt, pooling, decoding: what
+``GraceEncoder.from_pretrained`` reads), ``trainer_state.pt`` (optimizer state keyed by parameter name,
 scheduler, step, data position, RNG states) and ``train_config.yaml`` (the resolved config it was trained
 with, which a resume is checked against: ``grace.resume``). It is written into a hidden staging directory
 and renamed into place only when complete, so a run killed during a save leaves the previous checkpoint
@@ -12,7 +13,7 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from grace.staging import staged_directory
 from grace.job_names import readable_name
 
 STATE_FILE = "trainer_state.pt"
+ADAPTER_DIR = "adapter"  # LoRA's adapter, beside the merged weights (grace/lora.py)
 TRAIN_CONFIG_FILE = "train_config.yaml"
 _PREFIX = "step-"
 NAME_CHARS = 60  # of the run name kept in an encoder name
@@ -76,6 +78,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Adapter(Protocol):
+    def save(self, directory: Path) -> None: ...
+
+
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -87,10 +93,12 @@ def save_checkpoint(
     keep_last: int,
     name: str,
     config: dict[str, Any] | None = None,
+    adapter: Adapter | None = None,
     protect: Sequence[Path] = (),
 ) -> Path:
-    """Write checkpoint ``step`` (``config``: the resolved training config, recorded as ``TRAIN_CONFIG_FILE``);
-    ``protect``: older checkpoints that ``keep_last`` must not delete (the best held-out one)."""
+    """Write checkpoint ``step`` (``config``: the resolved training config, recorded as ``TRAIN_CONFIG_FILE``;
+    ``adapter``: a LoRA adapter, saved into ``ADAPTER_DIR``; ``protect``: older checkpoints that ``keep_last``
+    must not delete, such as the best held-out one)."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     for debris in root.glob(f".{_PREFIX}*"):  # left by a save that was killed
@@ -101,6 +109,8 @@ def save_checkpoint(
     with staged_directory(target) as staging:
         write_encoder_files(staging, model, tokenizer, embedding, None, name)
         torch.save(trainer_state, staging / STATE_FILE)
+        if adapter is not None:
+            adapter.save(staging / ADAPTER_DIR)
         if config is not None:
             (staging / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     for old in complete_checkpoints(output_dir)[:-keep_last]:

@@ -7,6 +7,7 @@ mini-batches, ...), before any model or data is loaded, with a message that says
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -28,12 +29,23 @@ from grace.sources import ModelSourceError, resolve_source
 
 
 @dataclass
+class LoraSection:
+    """LoRA adapters through peft (grace/lora.py); r = 0 trains every weight."""
+
+    r: int = 0  # rank of the adapters; 0: no LoRA
+    alpha: float = 16.0  # the adapters' output is scaled by alpha / r
+    dropout: float = 0.0  # on the adapters' input, in training forwards only
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or [all-linear]: every linear layer but the LM head
+
+
+@dataclass
 class ModelConfig:
     source: str = "packaged:smollm2-135m"  # any form grace.sources accepts: packaged name, directory, .gguf, hub id
     dtype: str = "float32"  # weights: float32 | bfloat16
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (cuda if available; under torchrun the rank's LOCAL_RANK device) | cpu | cuda | cuda:N
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    lora: LoraSection = field(default_factory=LoraSection)
 
 
 @dataclass
@@ -208,6 +220,9 @@ class TrainerConfig:
     warmup_steps: int = 0  # optimizer updates
     grad_clip: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay in model.dtype)
+    # Under torchrun: auto (DDP when WORLD_SIZE > 1) | ddp | fsdp (FSDP2: parameters, gradients and optimizer
+    # state sharded over the ranks). batch_size and mini_batch_size stay global (grace/parallel.py).
+    strategy: str = "auto"
     output_dir: Optional[str] = None  # None: Hydra's job directory
     save_every: int = 50
     keep_last: int = 2
@@ -309,6 +324,7 @@ def register_configs() -> None:
 
 
 OBJECTIVES = ("grace", "contrastive", "simcse", "sft")  # grace/objectives/__init__.py builds each
+STRATEGIES = ("auto", "ddp", "fsdp")  # grace/parallel.py
 
 
 class ConfigError(ValueError):
@@ -387,12 +403,14 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("embedding.pooling", cfg.embedding.pooling, POOLING_METHODS)
     _one_of("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
     _one_of("trainer.precision", cfg.trainer.precision, ("fp32", "bf16"))
+    _one_of("trainer.strategy", cfg.trainer.strategy, STRATEGIES)
     _one_of("trainer.schedule", cfg.trainer.schedule, ("constant", "warmup_constant", "cosine"))
     _one_of("data.on_error", cfg.data.on_error, ("raise", "skip"))
     _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
     _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
 
     _check_trainer(cfg)
+    _check_lora(cfg)
     if cfg.objective.name == "grace":
         _check_policy_gradient(cfg)
     elif cfg.objective.name == "sft":
@@ -577,6 +595,27 @@ def _check_heldout(cfg: TrainConfig) -> None:
         raise ConfigError(f"trainer.guards.length: min_ratio={guards.length.min_ratio} must be below 1 and max_ratio={guards.length.max_ratio} above")
     if not 0 < guards.diversity.min_spread_ratio < 1:
         raise ConfigError(f"trainer.guards.diversity.min_spread_ratio={guards.diversity.min_spread_ratio} must be in (0, 1)")
+
+
+def _check_lora(cfg: TrainConfig) -> None:
+    lora = cfg.model.lora
+    if lora.r < 0:
+        raise ConfigError(f"model.lora.r={lora.r} must be >= 0 (0: no LoRA, every weight trains)")
+    if lora.r == 0:
+        return
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError("model.lora.r > 0 needs peft: pip install 'grace-embed[lora]' (or pip install peft)")
+    if lora.alpha <= 0:
+        raise ConfigError(f"model.lora.alpha={lora.alpha} must be positive: the adapters' output is scaled by alpha / r")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model.lora.dropout={lora.dropout} must be in [0, 1)")
+    if not lora.target_modules:
+        raise ConfigError("model.lora.target_modules is empty: name the layers to adapt (e.g. [q_proj,v_proj]) or use [all-linear]")
+    if cfg.objective.name == "grace" and lora.dropout > 0:
+        raise ConfigError(
+            f"model.lora.dropout={lora.dropout} with objective=grace would make the update's log-probs differ from the "
+            "rollout's (sampled without dropout), so PPO ratios would not start at 1: set model.lora.dropout=0"
+        )
 
 
 def _check_role_decoding(cfg: TrainConfig, role: str) -> None:

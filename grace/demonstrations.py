@@ -77,7 +77,8 @@ def write_demonstrations(cfg: SampleConfig) -> Path:
     with partial.open("w", encoding="utf-8") as handle:
         for number in tqdm(range(1, batches + 1), desc="sample", disable=not cfg.logger.progress_bar, dynamic_ncols=True):
             examples = stream.batch_at((number - 1) * cfg.trainer.batch_size)
-            batch, rewards, _ = objective.sample(number, examples)
+            sampled = objective.sample(number, examples)
+            batch, rewards = sampled.everyone, sampled.rewards
             chosen = best_of_k(rewards.total, batch.group, batch.role, rewards.trained, batch.truncated, keep_truncated=cfg.sample.keep_truncated)
             for row in chosen.rows:
                 ids = batch.rationale_ids[row][batch.rationale_mask[row]].tolist()

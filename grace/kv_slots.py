@@ -61,6 +61,9 @@ class SlotLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         window = self.window
+        # Under bf16 autocast the rotary embedding leaves keys in float32 while values come out in bf16; the
+        # buffers hold one dtype, and writes by row index (unlike slice assignment) do not cast by themselves.
+        key_states, value_states = key_states.to(self.keys.dtype), value_states.to(self.values.dtype)
         if window.static:
             self.keys.index_copy_(2, window.cursor.view(1), key_states)
             self.values.index_copy_(2, window.cursor.view(1), value_states)

@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
 
-from grace.forward import decoder_forward, lm_logits, position_ids
+from grace.forward import hidden_and_logits, position_ids
 from grace.pooling import pool_hidden
 from grace.rollout import RolloutBatch
 from grace.sampling import temperature_scaled
@@ -39,8 +38,9 @@ class PolicyOutput:
     embeddings: torch.Tensor | None = None  # [B, H] float32, L2-normalised pooled hidden states (with gradient), if asked for
 
 
-def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, entropy: str = "none", pooling: str | None = None) -> PolicyOutput:
-    """Log-probs (and optionally entropies) of the rationale tokens of ``batch`` under ``model``.
+def policy_logprobs(model: torch.nn.Module, batch: RolloutBatch, *, entropy: str = "none", pooling: str | None = None) -> PolicyOutput:
+    """Log-probs (and optionally entropies) of the rationale tokens of ``batch`` under ``model`` (a causal LM,
+    or its ``LMForward`` wrapped for data-parallel training: ``grace.forward.hidden_and_logits``).
 
     ``pooling``: also pool the same forward's last-layer hidden states over ``batch.spans`` with that
     method (``grace.pooling``), with gradient: the embedding the rollout pooled while generating, now
@@ -56,11 +56,10 @@ def policy_logprobs(model: PreTrainedModel, batch: RolloutBatch, *, entropy: str
         raise ValueError(f"unknown entropy mode {entropy!r}: use one of {list(ENTROPY_MODES)}")
     device = next(model.parameters()).device
     ids, mask = batch.sequence_ids.to(device), batch.attention_mask.to(device)
-    hidden, _ = decoder_forward(model, ids, mask, position_ids(mask))
     width = ids.shape[1] - batch.prompt_length
     # The state at position t predicts token t + 1: rationale token j is predicted from P - 1 + j.
-    predicting = hidden[:, batch.prompt_length - 1 : batch.prompt_length - 1 + width]
-    logits, temperature = lm_logits(model, predicting), batch.temperature.to(device)
+    hidden, logits = hidden_and_logits(model, ids, mask, position_ids(mask), batch.prompt_length - 1, width)
+    temperature = batch.temperature.to(device)
     # The distribution the rollout sampled from; at T = 1 float32 logits are used as they are, not copied.
     scaled = logits.float() if bool((temperature == 1).all()) else temperature_scaled(logits, temperature)  # [B, T, V]
     targets = batch.rationale_ids.to(device).unsqueeze(-1)

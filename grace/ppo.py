@@ -12,20 +12,26 @@ unless KL or entropy terms need it (it still counts in the normaliser, so the lo
 or it takes part in the embedding loss, which does not depend on the advantage. A row forwarded only for
 the embedding loss (e.g. a query in the paper variant, which gets no policy gradient) has its PPO terms
 masked out.
+
+Under torchrun each rank holds its share of every mini-batch (``grace.distributed.local_examples``): the
+normalisers are the global counts (summed over ranks), so the gradients the engine averages add up to the
+one-process gradient of the global batch (``grace.parallel``: ``loss_scale``, equal micro-batch counts),
+and the logged numbers are reduced over ranks.
 """
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
-from transformers import PreTrainedModel
 
 from grace.config import TrainConfig
+from grace.distributed import reduce_sums, sum_over_ranks
 from grace.embedding_loss import EmbeddingPartners
 from grace.infonce import info_nce
 from grace.loss import policy_logprobs, ppo_loss
 from grace.optim import apply_update
+from grace.parallel import Parallel
 from grace.rollout import RolloutBatch
 
 
@@ -48,8 +54,9 @@ class MiniBatch:
 
     policy_rows: torch.Tensor  # [R] bool, rows whose PPO terms count (trained rows of the mini-batch's groups)
     forward_rows: torch.Tensor  # [R] bool, rows to run the policy over (a superset of what contributes)
-    normaliser: float  # the PPO terms' divisor: the mini-batch's rationale tokens or sequences
+    normaliser: float  # the PPO terms' divisor: the mini-batch's rationale tokens or sequences (over every rank)
     embedding_rows: torch.Tensor | None = None  # [R] bool, rows in the embedding loss (None: no embedding loss)
+    embedding_normaliser: float | None = None  # the embedding loss's divisor (None: embedding_rows' count)
 
 
 @dataclass
@@ -67,8 +74,8 @@ class StepTotals:
 
 
 def ppo_update(
-    model: PreTrainedModel,
-    reference: PreTrainedModel | None,
+    policy: Parallel,
+    reference: torch.nn.Module | None,
     optimizer: torch.optim.Optimizer,
     scheduler,
     batch: RolloutBatch,
@@ -78,33 +85,35 @@ def ppo_update(
     autocast: AbstractContextManager,
     partners: EmbeddingPartners | None = None,
 ) -> UpdateStats:
-    """Every optimizer update of one step; ``advantages`` [R] float, ``trained`` [R] bool. ``partners``
-    (from ``rollout_partners``) switches the embedding loss on, weighted by ``algorithm.embedding_loss_coef``."""
+    """Every optimizer update of one step over this rank's rollouts ``batch``; ``advantages`` [R] float,
+    ``trained`` [R] bool. ``batch.group`` holds each row's position in the global batch, which says its
+    mini-batch. ``partners`` (from ``rollout_partners``) switches the embedding loss on, weighted by
+    ``algorithm.embedding_loss_coef``."""
     algorithm = cfg.algorithm
-    model.train()
+    policy.module.train()
     if algorithm.recompute_old_logprobs:
-        batch.logprobs = _logprobs_in_chunks(model, batch, torch.nonzero(trained).flatten(), cfg, autocast)
-    groups = torch.unique(batch.group[trained])
+        batch.logprobs = _logprobs_in_chunks(policy, batch, torch.nonzero(trained).flatten(), cfg, autocast)
     per_update = cfg.trainer.mini_batch_size or cfg.trainer.batch_size
+    update_of_row = batch.group // per_update  # groups are global example positions: mini-batch m holds m*per_update..
+    updates = cfg.trainer.batch_size // per_update
     needs_all_rows = algorithm.kl_coef > 0 or algorithm.entropy_coef > 0
-    stats, totals, grad_norms, embedding_rows = UpdateStats(), StepTotals(), 0.0, 0
+    normalisers, embedding_counts = _global_counts(batch, trained, update_of_row, updates, algorithm.aggregation, partners)
+    stats, totals, grad_norms = UpdateStats(), StepTotals(), 0.0
     for _ in range(algorithm.ppo_epochs):
-        for start in range(0, len(groups), per_update):
-            in_groups = torch.isin(batch.group, groups[start : start + per_update])
+        for update in range(updates):
+            in_groups = update_of_row == update
             in_update = trained & in_groups
-            mask = batch.rationale_mask
-            normaliser = float(mask[in_update].sum()) if algorithm.aggregation == "token-mean" else float(in_update.sum())
             forward = in_update if needs_all_rows else in_update & (advantages != 0)
             embedding = partners.takes_part & in_groups if partners is not None else None
             if embedding is not None:
                 forward = forward | embedding
-                embedding_rows += int(embedding.sum())
             optimizer.zero_grad(set_to_none=True)
-            rows = MiniBatch(in_update, forward, normaliser, embedding)
-            accumulate_gradients(model, reference, batch, advantages, rows, cfg, autocast, totals, partners)
-            grad_norms += apply_update(model, optimizer, scheduler, cfg.trainer.grad_clip)
+            rows = MiniBatch(in_update, forward, float(normalisers[update]), embedding, float(embedding_counts[update]))
+            accumulate_gradients(policy, reference, batch, advantages, rows, cfg, autocast, totals, partners)
+            grad_norms += apply_update(policy.module, optimizer, scheduler, cfg.trainer.grad_clip)
             stats.updates += 1
-    tokens = float(batch.rationale_mask[trained].sum())
+    totals = StepTotals(**reduce_sums(asdict(totals), maxima=frozenset({"ratio_max"})))
+    tokens = float(sum_over_ranks(batch.rationale_mask[trained].sum()))
     stats.policy_loss = totals.policy_loss / stats.updates
     stats.kl = totals.kl / stats.updates
     stats.grad_norm = grad_norms / stats.updates  # mean over the step's optimizer updates
@@ -112,14 +121,28 @@ def ppo_update(
     stats.clip_fraction = totals.clipped_tokens / max(tokens * algorithm.ppo_epochs, 1.0)
     stats.ratio_max = totals.ratio_max
     stats.embedding_loss = totals.embedding_loss / stats.updates
-    stats.embedding_accuracy = totals.embedding_correct / max(embedding_rows, 1)
-    model.eval()
+    stats.embedding_accuracy = totals.embedding_correct / max(float(embedding_counts.sum()) * algorithm.ppo_epochs, 1.0)
+    policy.module.eval()
     return stats
 
 
+def _global_counts(batch, trained, update_of_row, updates: int, aggregation: str, partners) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per mini-batch, over every rank: the PPO normaliser (rationale tokens or sequences of the trained rows)
+    and the rows in the embedding loss. [updates] float64 each, one collective for both."""
+    per_row = batch.rationale_mask.sum(dim=1).double() if aggregation == "token-mean" else torch.ones(len(batch), dtype=torch.float64)
+    per_row = torch.where(trained.to(per_row.device), per_row, 0.0).cpu()
+    embedding = partners.takes_part.double().cpu() if partners is not None else torch.zeros(len(batch), dtype=torch.float64)
+    index = update_of_row.cpu()
+    counts = torch.zeros(2, updates, dtype=torch.float64)
+    counts[0].index_add_(0, index, per_row)
+    counts[1].index_add_(0, index, embedding)
+    counts = sum_over_ranks(counts)
+    return counts[0], counts[1]
+
+
 def accumulate_gradients(
-    model: PreTrainedModel,
-    reference: PreTrainedModel | None,
+    policy: Parallel,
+    reference: torch.nn.Module | None,
     batch: RolloutBatch,
     advantages: torch.Tensor,
     rows: MiniBatch,
@@ -133,16 +156,21 @@ def accumulate_gradients(
 
     Every term is divided by the whole mini-batch's count (``rows.normaliser`` for the PPO terms, the
     embedding rows for the embedding loss), so the accumulated gradient is the full mini-batch gradient.
+    Every rank runs as many micro-batches as the rank with the most (``Parallel.micro_batches``); a filler
+    runs the same forward and backward with weight 0.
     """
     algorithm = cfg.algorithm
     entropy_mode = "trained" if algorithm.entropy_coef > 0 else "logged"
     pooling = cfg.embedding.pooling if partners is not None else None
-    embedding_count = max(float(rows.embedding_rows.sum()), 1.0) if rows.embedding_rows is not None else 1.0
+    if rows.embedding_rows is None:
+        embedding_count = 1.0
+    else:
+        embedding_count = max(rows.embedding_normaliser if rows.embedding_normaliser is not None else float(rows.embedding_rows.sum()), 1.0)
     selected = torch.nonzero(rows.forward_rows).flatten()
-    for micro in selected.split(cfg.trainer.micro_batch_size) if len(selected) else ():
+    for micro, real in policy.micro_batches(selected, cfg.trainer.micro_batch_size):
         part = batch.select(micro)
         with autocast:
-            current = policy_logprobs(model, part, entropy=entropy_mode, pooling=pooling)
+            current = policy_logprobs(policy.module, part, entropy=entropy_mode, pooling=pooling)
             ref = None
             if reference is not None:
                 with torch.no_grad():
@@ -168,24 +196,26 @@ def accumulate_gradients(
             entropy_coef=algorithm.entropy_coef,
         )
         loss = out.loss
-        if partners is not None:
-            member = rows.embedding_rows[micro].to(device)
-            if bool(member.any()):
-                contrast = info_nce(
-                    current.embeddings[member],
-                    partners.candidates.to(device),
-                    partners.targets[micro].to(device)[member],
-                    temperature=algorithm.embedding_loss_temperature,
-                    exclude=partners.exclude[micro].to(device)[member],
-                )
-                embedding_loss = contrast.loss.sum() / embedding_count
-                loss = loss + algorithm.embedding_loss_coef * embedding_loss
-                totals.embedding_loss += float(embedding_loss.detach())
-                totals.embedding_correct += int(contrast.correct.sum())
-        loss.backward()
+        member = rows.embedding_rows[micro].to(device) if partners is not None else None
+        if member is not None and bool(member.any()):
+            contrast = info_nce(
+                current.embeddings[member],
+                partners.candidates.to(device),
+                partners.targets[micro].to(device)[member],
+                temperature=algorithm.embedding_loss_temperature,
+                exclude=partners.exclude[micro].to(device)[member],
+            )
+            embedding_loss = contrast.loss.sum() / embedding_count
+            loss = loss + algorithm.embedding_loss_coef * embedding_loss
+        (loss * (policy.loss_scale if real else 0.0)).backward()
+        if not real:
+            continue
         # Each micro-batch's terms are already divided by the mini-batch size: they add up.
         totals.policy_loss += float(out.policy_loss)
         totals.kl += float(out.kl)
+        if member is not None and bool(member.any()):
+            totals.embedding_loss += float(embedding_loss.detach())
+            totals.embedding_correct += int(contrast.correct.sum())
         policy_tokens = float(policy_mask.sum())
         entropy = current.entropy.detach() if partners is None else torch.where(policy_mask, current.entropy.detach(), 0.0)
         totals.entropy_sum += float(entropy.sum())
@@ -195,11 +225,12 @@ def accumulate_gradients(
 
 
 @torch.no_grad()
-def _logprobs_in_chunks(model, batch: RolloutBatch, rows: torch.Tensor, cfg: TrainConfig, autocast) -> torch.Tensor:
+def _logprobs_in_chunks(policy: Parallel, batch: RolloutBatch, rows: torch.Tensor, cfg: TrainConfig, autocast) -> torch.Tensor:
     logprobs = batch.logprobs.clone()
-    for micro in rows.split(cfg.trainer.micro_batch_size) if len(rows) else ():
+    for micro, real in policy.micro_batches(rows, cfg.trainer.micro_batch_size):
         part = batch.select(micro)
         with autocast:
-            values = policy_logprobs(model, part).logprobs.float().to(logprobs.device)
-        logprobs[micro, : values.shape[1]] = values
+            values = policy_logprobs(policy.module, part).logprobs.float().to(logprobs.device)
+        if real:
+            logprobs[micro, : values.shape[1]] = values
     return logprobs

@@ -47,6 +47,8 @@ FREE: dict[str, str] = {
     "rollout.batch_size": "rows generated together: every row samples from its own seeded random stream",
     "model.device": "where it runs: the sampling streams are CPU generators seeded per row, on any device",
     "model.gradient_checkpointing": "recomputes activations in the backward pass instead of storing them",
+    "trainer.strategy": "how the global batch is spread over processes (world size, DDP or FSDP): every rank rolls "
+    "out its share with the same per-row seeds and the loss is normalised over the global batch (grace/parallel.py)",
     "generation": "how rollouts are computed (shared prefix, continuous batching, compilation), never what they are",
     "model.trust_remote_code": "permission to run the model's own code, not a setting of the model",
     "logger": "where numbers go (wandb, progress bar)",

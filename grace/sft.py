@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from grace.config import ConfigError, SampleConfig
 from grace.console import quiet_third_party
 from grace.data.errors import DataError
-from grace.train import CONF_DIR, run_job
+from grace.distributed import launched_by_torchrun
+from grace.train import CONF_DIR, join_ranks, run_job
 
 SUBCOMMAND = "sample"
 
@@ -47,9 +48,12 @@ def _sample(dict_cfg: DictConfig) -> None:
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if len(sys.argv) > 1 and sys.argv[1] == SUBCOMMAND:
+        if launched_by_torchrun():
+            raise SystemExit("grace-sft sample runs in one process: start it without torchrun")
         del sys.argv[1]  # Hydra parses the rest as overrides of conf/sample.yaml
         _sample()
     else:
+        join_ranks()  # grace-sft is grace-train's job: it runs under torchrun the same way
         _train()
 
 

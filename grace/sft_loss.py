@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from grace.data import Demonstration
-from grace.forward import decoder_forward, lm_logits, position_ids
+from grace.forward import hidden_and_logits, position_ids
 from grace.prompts import PromptBatch, PromptTemplate, Span, render_prompt, text_token_ids
 from grace.rollout import Role, RolloutBatch
 
@@ -79,17 +79,18 @@ class TokenLoss:
     correct: int  # of those, tokens that are the model's most likely next token
 
 
-def rationale_nll(model: PreTrainedModel, batch: RolloutBatch) -> TokenLoss:
-    """Negative log-likelihood of the rationale tokens of ``batch`` (with gradient if enabled).
+def rationale_nll(model: torch.nn.Module, batch: RolloutBatch) -> TokenLoss:
+    """Negative log-likelihood of the rationale tokens of ``batch`` (with gradient if enabled) under ``model``,
+    a causal LM or its ``LMForward`` wrapped for data-parallel training (``grace.forward.hidden_and_logits``).
 
     Logits are computed at the rationale positions only (the state at position t predicts token t + 1),
     as in ``grace.loss.policy_logprobs``, never over the whole [B, P + T, V] sequence.
     """
     device = next(model.parameters()).device
     ids, mask = batch.sequence_ids.to(device), batch.attention_mask.to(device)
-    hidden, _ = decoder_forward(model, ids, mask, position_ids(mask))
     width = ids.shape[1] - batch.prompt_length
-    logits = lm_logits(model, hidden[:, batch.prompt_length - 1 : batch.prompt_length - 1 + width]).float()  # [B, T, V]
+    _, logits = hidden_and_logits(model, ids, mask, position_ids(mask), batch.prompt_length - 1, width)
+    logits = logits.float()  # [B, T, V]
     targets = batch.rationale_ids.to(device)
     real = batch.rationale_mask.to(device)
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)

@@ -13,6 +13,11 @@ SystemExit would escape Hydra's per-job handling and stop the sweep).
 
 The task function returns the job's sweep value (``sweep.*``, grace/sweep.py) for sweepers such as
 Optuna; after the run it writes the report (grace/run_report.py) and prints a one-screen summary.
+
+Under ``torchrun`` every rank runs this entry point: ``main`` joins the process group before Hydra
+starts, so that all ranks agree on one run directory (its time stamp is rank 0's, ``${grace.now:...}``
+in ``conf/train.yaml``), and the other ranks write no Hydra files of their own there (``.hydra/``) and
+log to ``train_rank<N>.log``, as Lightning launches its DDP processes. Only rank 0 reports and summarises.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from grace.config import ConfigError, TrainConfig, register_configs
 from grace.console import quiet_third_party
 from grace.data.errors import DataError
+from grace.distributed import init_from_env, is_main, launch_time
 from grace.rewards import ComponentError
 from grace.finish import Finisher, check_final_eval_tasks
 from grace.job_names import job_dirname, job_label, record_job, register_resolver
@@ -37,6 +43,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
 register_resolver()  # hydra.sweep.subdir: ${grace.job_dir:...}
 register_resolvers()  # ${sqlite_storage:...} in conf/hparams_search/
+# hydra.run.dir and hydra.sweep.dir: Hydra's ${now:...}, but the same on every torchrun rank.
+OmegaConf.register_new_resolver("grace.now", lambda pattern: launch_time().strftime(pattern), replace=True)
 
 
 def _job_identity(cfg: TrainConfig) -> tuple[Path, str, str | None]:
@@ -70,7 +78,7 @@ def run_job(dict_cfg: DictConfig, program: str) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     finisher = Finisher(cfg, sweeping=multirun, program=program)
     try:
-        if multirun:
+        if multirun and is_main():
             record_job(output_dir, HydraConfig.get())  # the full overrides: the directory name may be cut
         check_final_eval_tasks(cfg)  # an unknown task or unreachable data must not wait for the end of training
         result = train(cfg, output_dir, run_name=name, run_group=group, after_training=finisher.after_training)
@@ -92,12 +100,24 @@ def run_job(dict_cfg: DictConfig, program: str) -> float | None:
         job = HydraConfig.get().job.num
         print(f"{program}: job {job} ({name}) diverged ({finisher.divergence}), then failed; sweep value {value}", file=sys.stderr)
         return value
+    if not is_main():  # rank 0 writes the report and the summary
+        return None
     print(finisher.summary(finisher.report(result.output_dir)))
     return finisher.value
 
 
-def main() -> None:
+def join_ranks() -> None:
+    """Before Hydra starts: under torchrun join the process group (a single process: nothing) and agree on
+    the run directory's time stamp; rank 0 alone records Hydra's config, each rank logs to its own file."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    layout = init_from_env()
+    launch_time()
+    if layout.rank > 0:
+        sys.argv += ["hydra.output_subdir=null", f"hydra.job.name=train_rank{layout.rank}"]
+
+
+def main() -> None:
+    join_ranks()
     _main()
 
 

@@ -10,6 +10,12 @@ guards (grace/guards.py), checkpoints with exact resume. ``train`` reads top to 
 deterministic on CPU for a given seed: data order, rollout seeds and the optimizer state are all
 functions of (seed, step) or stored in the checkpoint with the RNG states, so 2 steps + resume + 2
 steps == 4 steps for every objective.
+
+Under ``torchrun --nproc_per_node=N`` every rank runs this function: each reads the same global batch
+and the objective works on its share; the model is wrapped for DDP or sharded by FSDP (``grace.parallel``,
+``trainer.strategy``), LoRA adapters are injected first (``grace.lora``); rank 0 alone writes the run's
+files, logs and checkpoints (``grace.distributed``) and decides what the guards decide. Checkpoints hold
+the whole model and a named optimizer state, so a run resumes with another world size.
 """
 from __future__ import annotations
 
@@ -36,11 +42,14 @@ from grace.checkpoint import (
 from grace.config import ConfigError, TrainConfig, example_kind, resolve_train_file, token_budgets, validate
 from grace.data import DataError, DataIssue, LoadedData, load_examples
 from grace.data.stream import ExampleStream
+from grace.distributed import barrier, broadcast, init_from_env, launched_by_torchrun, on_main, seed_step, world
 from grace.guards import Finding, Watch
 from grace.heldout import heldout_from_config, score
+from grace.lora import Lora
 from grace.models import load_policy, load_tokenizer
-from grace.objectives import TrainContext, build_objective
+from grace.objectives import REGISTRY, TrainContext, build_objective
 from grace.optim import make_scheduler, mean_learning_rate
+from grace.parallel import Parallel, check_world_size, resolve_strategy
 from grace.prompts import PromptTemplate, text_token_ids
 from grace.resume import check_resume, record_start, resolved_config, starting_model
 from grace.sweep import TRAINING_SCORE, read_metrics
@@ -68,13 +77,18 @@ def train(
     # Settings, output directory and data are all checked before the weights load (minutes for a large
     # backbone, wasted if line 9000 of the data is bad).
     validate(cfg)
+    layout = init_from_env()  # under torchrun: this rank's place (grace-train has joined the group already)
+    check_world_size(cfg, layout)
     output_dir = Path(output_dir)
     check_output_dir(cfg, output_dir)
     resume_from = find_resume_checkpoint(cfg, output_dir)
     check_resume(cfg, resume_from)  # the settings it was trained with, against these
-    output_dir.mkdir(parents=True, exist_ok=True)
-    record_start(cfg, output_dir, resume_from)  # config.yaml, and configs/start-N.yaml of every start
-    start_model = starting_model(cfg, output_dir, resume_from)  # model.source as resolved at the first start
+    barrier()  # every rank has looked at the directory before rank 0 writes into it
+    if layout.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        record_start(cfg, output_dir, resume_from)  # config.yaml, and configs/start-N.yaml of every start
+    # model.source as resolved at the first start (pinned by rank 0), the KL reference for good
+    start_model = broadcast(starting_model(cfg, output_dir, resume_from) if layout.is_main else None)
     policy_source = str(resume_from or start_model)
     device = resolve_device(cfg.model.device)
     torch.manual_seed(cfg.seed)
@@ -86,66 +100,89 @@ def train(
     except ValueError as error:  # no chat template: a base model, not an instruct model
         raise ConfigError(f"model.source={cfg.model.source!r}: {error}") from None
     loaded = read_examples(cfg, tokenizer, template, resolve_train_file(cfg), example_kind(cfg), cfg.data.split, cfg.data.limit)
-    print(loaded.summary())
     examples, heldout = heldout_from_config(
         cfg, loaded.examples, lambda source, split: read_examples(cfg, tokenizer, template, source, cfg.mode, split).examples
     )
-    if heldout is not None:
-        print(heldout.description)
+    if layout.is_main:
+        print(loaded.summary())
+        if heldout is not None:
+            print(heldout.description)
     if len(examples) < cfg.trainer.batch_size:
         reason = f"only {len(examples)} usable examples, fewer than trainer.batch_size={cfg.trainer.batch_size}: lower that"
         raise DataError(DataIssue(loaded.source, None, None, reason), hint=None)
     stream = ExampleStream(examples, cfg.trainer.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
 
-    # Policy (from the checkpoint when resuming), and a frozen reference only if KL is actually used: the
-    # starting model (e.g. the SFT warm start), also after a resume.
-    model, tokenizer = load_policy(policy_source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+    # Policy (from the checkpoint when resuming; with LoRA the starting model and the checkpoint's adapter),
+    # wrapped for the strategy; a frozen reference only if KL is actually used: the starting model (e.g. the
+    # SFT warm start), also after a resume.
+    lora = cfg.model.lora.r > 0
+    model, tokenizer = load_policy(
+        start_model if lora else policy_source, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code
+    )
+    adapters = Lora(model, cfg.model.lora, start_model) if lora else None
+    if adapters is not None and resume_from is not None:
+        adapters.load_adapter(resume_from)
     if cfg.model.gradient_checkpointing:  # renamed in later transformers 5 releases, where the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    parallel = Parallel(model, resolve_strategy(cfg.trainer.strategy, layout), reads_logits=REGISTRY[cfg.objective.name].reads_logits)
     reference = None
-    if cfg.algorithm.kl_coef > 0:
-        reference, _ = load_policy(start_model, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
-        reference.requires_grad_(False)
+    if cfg.algorithm.kl_coef > 0:  # with LoRA, the policy with its adapter off: no second copy of the model
+        if adapters is not None:
+            reference = adapters.without_adapter(parallel.module)
+        else:
+            reference_model, _ = load_policy(start_model, dtype=cfg.model.dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+            reference = parallel.frozen(reference_model)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.trainer.precision == "bf16" else nullcontext()
-    objective = build_objective(TrainContext(cfg, model, tokenizer, template, device, autocast, reference))
+    objective = build_objective(TrainContext(cfg, model, tokenizer, template, device, autocast, reference, parallel))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    optimizer = torch.optim.AdamW(parallel.trainable_parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, objective.updates_per_step())
     step, position = 0, 0
     if resume_from is not None:
         state = load_trainer_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         objective.load_state_dict(state.get("objective_state", {}))
         step, position = state["step"], state["data_position"]
         restore_rng_state(state["rng"])
-        print(f"resumed from {resume_from} at step {step}")
+        if layout.is_main:
+            print(f"resumed from {resume_from} at step {step}")
 
     run_label = run_name or output_dir.name
-    logger = RunLogger(
-        output_dir,
-        backend=cfg.logger.backend,
-        config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-        resumed_step=step,
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        mode=cfg.logger.mode,
-        name=cfg.logger.name or run_name,
-        group=cfg.logger.group or run_group,
-        tags=list(cfg.logger.tags),
+    logger = on_main(  # rank 0 writes metrics, rationales and wandb; the other ranks' calls do nothing
+        lambda: RunLogger(
+            output_dir,
+            backend=cfg.logger.backend,
+            config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+            resumed_step=step,
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            mode=cfg.logger.mode,
+            name=cfg.logger.name or run_name,
+            group=cfg.logger.group or run_group,
+            tags=list(cfg.logger.tags),
+        )
     )
-    evaluate = None
-    if heldout is not None:
-        evaluate = lambda: score(heldout, model, tokenizer, template, objective.embedding, batch_size=cfg.trainer.heldout.batch_size)  # noqa: E731
+
+    def evaluate_heldout() -> dict[str, float]:  # on every rank: under FSDP the rollout gathers the whole model
+        with parallel.rollout(), autocast:
+            return score(heldout, model, tokenizer, template, objective.embedding, batch_size=cfg.trainer.heldout.batch_size)
+
     watch = Watch(
-        cfg.trainer, read_metrics(output_dir / METRICS_FILE), evaluate,
+        cfg.trainer, read_metrics(output_dir / METRICS_FILE), evaluate_heldout if heldout is not None else None,
         score_key=heldout.primary if heldout is not None else None, training_key=TRAINING_SCORE[cfg.objective.name],
     )  # fmt: skip
 
     def checkpoint(at_step: int) -> Path:
+        # Every rank takes part: under FSDP the weights and the optimizer state are gathered to rank 0.
+        weights, adapter = adapters.export(parallel) if adapters is not None else (parallel.export_model(), None)
+        optimizer_state = parallel.optimizer_state(optimizer)
+        name = encoder_name(run_label, at_step)
+        if not layout.is_main:
+            return checkpoint_root(output_dir) / f"step-{at_step}"
         state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,  # keyed by parameter name: loads with any world size
             "scheduler": scheduler.state_dict(),
             "step": at_step,
             "data_position": position,
@@ -153,11 +190,11 @@ def train(
             "run_name": run_label,  # in full: the encoder's name is cut short to serve as a folder name
             "objective": objective.name,
             "objective_state": objective.state_dict(),
+            "world_size": layout.size,  # for the record: a resume may use another
         }
-        name = encoder_name(run_label, at_step)
         saved = save_checkpoint(
-            output_dir, at_step, model, tokenizer, objective.embedding, state, keep_last=cfg.trainer.keep_last, name=name,
-            config=resolved_config(cfg), protect=watch.protected(checkpoint_root(output_dir)),
+            output_dir, at_step, weights, tokenizer, objective.embedding, state, keep_last=cfg.trainer.keep_last, name=name,
+            config=resolved_config(cfg), adapter=adapter, protect=watch.protected(checkpoint_root(output_dir)),
         )
         watch.record_best(output_dir, saved)
         return saved
@@ -169,13 +206,15 @@ def train(
         if step == 0 and (scores := watch.evaluate(0)):  # the starting model's held-out scores
             watch.check(start := {"step": 0, **scores})
             logger.log_step(start)
-        progress = tqdm(total=cfg.trainer.max_steps, initial=step, desc=objective.name, disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+        bar = cfg.logger.progress_bar and layout.is_main
+        progress = tqdm(total=cfg.trainer.max_steps, initial=step, desc=objective.name, disable=not bar, dynamic_ncols=True)
         while step < cfg.trainer.max_steps:
             started = time.perf_counter()
-            examples = stream.batch_at(position)
+            examples = stream.batch_at(position)  # the global batch: the same on every rank
             position += len(examples)
             step += 1
             first_update = scheduler.last_epoch  # the rate logged is the one this step's updates used
+            seed_step(cfg.seed, step)  # dropout and other global randomness: per (step, rank)
 
             result = objective.step(step, examples, optimizer, scheduler)
 
@@ -184,7 +223,7 @@ def train(
             metrics["optim/lr"] = mean_learning_rate(scheduler, first_update, result.updates)  # mean over the step's updates
             metrics["time/step_seconds"] = step_seconds
             metrics.update(watch.evaluate(step))  # held-out eval/* every trainer.eval_every steps
-            verdict = watch.check(metrics)  # the guards: warnings, guard/* flags, a stop, a new best held-out score
+            verdict = broadcast(watch.check(metrics))  # the guards: warnings, guard/* flags, a stop, a new best held-out score
             logger.log_step(metrics)
             if result.rationales and (step == 1 or step % cfg.trainer.rationale_log_every == 0):
                 logger.log_rationales(step, result.rationales)
@@ -196,7 +235,8 @@ def train(
                 break
         progress.close()
         result = TrainResult(output_dir, last, step, stopped_by)
-        if after_training is not None:
+        barrier()  # the last checkpoint is written before any rank leaves
+        if after_training is not None and layout.is_main:  # the final evaluation: rank 0 alone
             after_training(result, logger)
         exit_code = 0
     finally:
@@ -221,9 +261,13 @@ def read_examples(
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is one. Under torchrun a bare ``cuda`` is the rank's own device (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        return torch.device("cuda", world().local_rank)
+    return device
 
 
 def check_output_dir(cfg: TrainConfig, output_dir: Path) -> None:

@@ -8,6 +8,7 @@ from grace.embedding_loss import rollout_partners
 from grace.infonce import info_nce
 from grace.loss import policy_logprobs, ppo_loss
 from grace.models import TINY_RANDOM, load_policy
+from grace.parallel import Parallel
 from grace.ppo import MiniBatch, StepTotals, accumulate_gradients
 from grace.prompts import GRACE_SYSTEM_PROMPT, PromptTemplate
 from grace.rewards import compute_rewards
@@ -125,7 +126,7 @@ def test_micro_batched_gradient_equals_one_full_batch_backward(variant):
     cfg = compose_config(f"algorithm.embedding_loss_coef={coef}", f"algorithm.embedding_loss_temperature={tau}", "trainer.micro_batch_size=2", *entropy)
     model.train()
 
-    accumulate_gradients(model, None, batch, advantages, rows, cfg, torch.autocast("cpu", enabled=False), StepTotals(), partners)
+    accumulate_gradients(Parallel(model), None, batch, advantages, rows, cfg, torch.autocast("cpu", enabled=False), StepTotals(), partners)
     micro = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     plain_full_batch_loss(model, batch, advantages, rows, cfg, coef, tau).backward()

@@ -89,6 +89,18 @@ def test_every_pooling_method(tiny, prompts, pooling):
         assert_same(plain(model, tokenizer, prompts, pooling=pooling), engine(model, tokenizer, prompts, 3, pooling=pooling))
 
 
+def test_refilled_slots_under_bf16_autocast(tiny, prompts):
+    """Under autocast rotary embeddings give float32 keys and the projections bf16 values; a refill writes
+    both into the slots' buffers (by row index, which does not cast by itself)."""
+    model, tokenizer = tiny
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        refilled = engine(model, tokenizer, prompts, 3)
+    # bf16 rounding reorders the random model's near-tied tokens, so only the layout is compared: every
+    # rationale runs to its limit (the random model never writes EOS), every embedding is a unit vector.
+    assert refilled.rationale_mask.sum(dim=1).tolist() == LIMITS
+    assert torch.allclose(refilled.embeddings.norm(dim=1), torch.ones(len(prompts)), atol=1e-3)
+
+
 def test_eos_frees_a_slot_for_the_next_row(tiny, prompts):
     model, tokenizer = tiny
     greedy = dict(temperature=[0.0] * len(prompts), limits=[8] * len(prompts))

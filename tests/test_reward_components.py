@@ -185,7 +185,8 @@ def test_the_default_reward_on_the_tiny_models_rollouts_is_the_grace_reward_bit_
     model, tokenizer = tiny
     objective = PolicyGradient(TrainContext(cfg, model, tokenizer, tiny_template, torch.device("cpu"), nullcontext()))
     examples = [Triplet("What is a cat?", "A small animal.", "A stock index."), Triplet("Who wrote Hamlet?", "Shakespeare.", "Bread.")]
-    batch, rewards, _ = objective.sample(1, examples)
+    sampled = objective.sample(1, examples)
+    batch, rewards = sampled.everyone, sampled.rewards
     expected = compute_rewards(batch.embeddings, batch.group, batch.role, batch.truncated, variant="contrastive", mode="supervised")
     assert torch.equal(rewards.total, expected.total)
     assert all(torch.equal(rewards.terms[k], expected.terms[k]) for k in expected.terms)

@@ -3,12 +3,15 @@
 The trainer owns everything objectives share: settings, data stream, model loading, optimizer and
 schedule, checkpoints with exact resume, logging and the final evaluation. An objective owns one step::
 
-    objective = build_objective(TrainContext(cfg, model, tokenizer, template, device, autocast, reference))
+    objective = build_objective(TrainContext(cfg, model, tokenizer, template, device, autocast, reference, parallel))
     result = objective.step(step, examples, optimizer, scheduler)   # -> StepResult
     save_checkpoint(..., objective.embedding, ...)                   # how the trained weights embed
 
 ``step`` runs the step's forward and backward passes and its optimizer updates (each through
-``grace.optim.apply_update``, which also advances the schedule) and returns what to log. Randomness
+``grace.optim.apply_update``, which also advances the schedule) and returns what to log. ``examples`` is
+the global batch: under torchrun every rank gets all of it, works on its share
+(``grace.distributed.local_examples``) and returns metrics of the global batch. Training forwards go
+through ``context.parallel.module`` (``grace.parallel``), rollouts through ``context.model``. Randomness
 must come from the seeded global generators or from (seed, step): the trainer restores both on resume,
 so 2 steps + resume + 2 steps == 4 steps for every objective (tested per objective).
 """
@@ -25,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grace.config import TrainConfig
 from grace.data import Sentence, Triplet
 from grace.embedding import EmbeddingConfig
+from grace.parallel import Parallel
 from grace.prompts import PromptTemplate
 
 
@@ -38,7 +42,14 @@ class TrainContext:
     template: PromptTemplate  # the chat template around the system prompt, tokenised once
     device: torch.device
     autocast: AbstractContextManager  # bf16 autocast (trainer.precision=bf16) or a no-op; reusable
-    reference: PreTrainedModel | None = None  # frozen starting policy, loaded only when algorithm.kl_coef > 0
+    # Frozen starting policy, only when algorithm.kl_coef > 0: a model, its FSDP-sharded forward, or with LoRA
+    # the policy with its adapter switched off (grace.lora.WithoutAdapter); policy_logprobs calls any of them.
+    reference: torch.nn.Module | None = None
+    parallel: Parallel | None = None  # how training forwards reach `model` (DDP, FSDP); None: one process
+
+    def __post_init__(self) -> None:
+        if self.parallel is None:
+            self.parallel = Parallel(self.model)
 
 
 @dataclass
@@ -55,6 +66,7 @@ class Objective(ABC):
 
     name: ClassVar[str]  # the objective.name that selects it
     progress_metric: ClassVar[tuple[str, str]]  # (label, metric key) shown on the progress bar
+    reads_logits: ClassVar[bool] = True  # False: only pooled hidden states train (the LM head gets no gradient)
 
     def __init__(self, context: TrainContext) -> None:
         self.context = context

@@ -26,6 +26,7 @@ class ContrastiveFineTuning(PromptContrast):
         targets = torch.arange(b)
         return ContrastProblem(
             prompts=self.render(queries + candidates),
+            example=torch.arange(b + len(candidates)) % b,
             anchors=torch.arange(b),  # rows: the queries, then the positives, then the negatives
             candidates=torch.arange(b, b + len(candidates)),
             targets=targets,

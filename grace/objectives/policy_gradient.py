@@ -8,24 +8,35 @@
 
 Rollout seeds are a function of (seed, step, row), so a resumed run samples the rationales it would have
 sampled. Advantage groups are (example, role): the k rationales of one text in one role.
+
+Under torchrun each rank rolls out its share of the examples (all rationales of an example on one rank;
+``grace.distributed.local_examples``), with the seeds of their rows in the global batch; the pooled
+embeddings and labels of every rank are gathered (no gradient: [R, H] floats), so every reward term and
+advantage is computed over the global batch, on every rank, exactly as one process would; each rank then
+trains on its own rows.
 """
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
+
+import torch
 
 from grace.advantages import compute_advantages
 from grace.config import TrainConfig, reward_components, role_max_new_tokens, role_samples, rollout_roles
 from grace.data import Sentence, Triplet
+from grace.distributed import local_examples, max_over_ranks
 from grace.embedding import Decoding, EmbeddingConfig
-from grace.embedding_loss import rollout_partners
+from grace.embedding_loss import EmbeddingPartners, rollout_partners
 from grace.objectives.base import Objective, StepResult, TrainContext
-from grace.ppo import UpdateStats, ppo_update
 from grace.guards import different_text_mean_cos
+from grace.ppo import UpdateStats, ppo_update
 from grace.rewards import RewardBreakdown, RewardFunction, RewardInputs, within_group_std
 from grace.rewards.degenerate import repetition_rates
 from grace.rollout import Role, RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
+from grace.shared_rollout import SharedRollout
 
 
 class PolicyGradient(Objective):
@@ -47,31 +58,41 @@ class PolicyGradient(Objective):
 
     def step(self, step: int, examples: Sequence[Triplet | Sentence], optimizer, scheduler) -> StepResult:
         context, cfg = self.context, self.context.cfg
-        batch, rewards, rollout_seconds = self.sample(step, examples)
-        key = batch.group * len(Role) + batch.role  # advantage groups: (example, role)
+        sampled = self.sample(step, examples)
+        everyone, rewards = sampled.everyone, sampled.rewards
+        key = everyone.group * len(Role) + everyone.role  # advantage groups: (example, role)
         advantages = compute_advantages(
             rewards.total, key, rewards.trained, estimator=cfg.algorithm.estimator, scale_by_std=cfg.algorithm.scale_by_std
         )
 
-        # Policy update, with the embedding loss against the rollout's own (detached) embeddings if asked.
-        partners = rollout_partners(batch.embeddings, batch.group, batch.role, cfg.mode) if cfg.algorithm.embedding_loss_coef > 0 else None
-        update = ppo_update(context.model, context.reference, optimizer, scheduler, batch, advantages, rewards.trained, cfg, context.autocast, partners)
+        # Policy update of this rank's rows, with the embedding loss against the rollout's own (detached)
+        # embeddings if asked (its candidates: the whole global batch).
+        own = sampled.rows.to(advantages.device)
+        partners = None
+        if cfg.algorithm.embedding_loss_coef > 0:
+            partners = own_rows(rollout_partners(everyone.embeddings, everyone.group, everyone.role, cfg.mode), own)
+        update = ppo_update(
+            context.parallel, context.reference, optimizer, scheduler, sampled.local, advantages[own], rewards.trained[own],
+            cfg, context.autocast, partners,
+        )  # fmt: skip
 
         return StepResult(
-            metrics=step_metrics(cfg, batch, rewards, advantages, key, update, rollout_seconds),
+            metrics=step_metrics(cfg, everyone, rewards, advantages, key, update, sampled.rollout_seconds, sampled.gather_seconds),
             updates=update.updates,
-            rationales=sample_rationales(batch, rewards.total, advantages, context.tokenizer, cfg.trainer.rationale_log_count),
+            rationales=sample_rationales(sampled.local, rewards.total[own], advantages[own], context.tokenizer, cfg.trainer.rationale_log_count),
         )
 
-    def sample(self, step: int, examples: Sequence[Triplet | Sentence]) -> tuple[RolloutBatch, RewardBreakdown, float]:
-        """Rollouts (k rationales per text and role, embeddings pooled during generation) and their rewards;
-        returns (batch, rewards, rollout seconds). Seeds are a function of (seed, step, row)."""
+    def sample(self, step: int, examples: Sequence[Triplet | Sentence]) -> "Sampled":
+        """Rollouts of this rank's share of ``examples`` (k rationales per text and role, embeddings pooled
+        during generation), gathered into the global batch, and the rewards over it. Groups are positions
+        in the global batch; seeds are a function of (seed, step, global row)."""
         context, cfg = self.context, self.context.cfg
-        requests = rollout_requests(examples, cfg.mode)
-        rows = expand_requests(requests, self.sampling)
+        mine = local_examples(len(examples), cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
+        requests = rollout_requests([examples[i] for i in mine], cfg.mode, groups=mine)
+        rows = global_rows(mine, len(expand_requests(requests, self.sampling)) // len(mine))
         context.model.eval()
         rollout_started = time.perf_counter()
-        with context.autocast:
+        with context.parallel.rollout(), context.autocast:
             batch = rollout(
                 context.model,
                 context.tokenizer,
@@ -80,21 +101,32 @@ class PolicyGradient(Objective):
                 self.sampling,
                 pooling=cfg.embedding.pooling,
                 max_prompt_tokens=cfg.embedding.max_prompt_tokens,
-                seeds=[step_seed(cfg.seed, step, i) for i in range(len(rows))],
+                seeds=[step_seed(cfg.seed, step, int(row)) for row in rows],
                 batch_size=cfg.rollout.batch_size,
                 options=cfg.generation,
             )
-        rollout_seconds = time.perf_counter() - rollout_started
-        rewards = self.reward(
-            RewardInputs(
-                batch.embeddings, batch.group, batch.role, batch.truncated, batch.rationale_ids, batch.rationale_mask,
-                batch.texts, step=step, decode=self.decode,
-            )  # fmt: skip
-        )
-        return batch, rewards, rollout_seconds
+        rollout_seconds = float(max_over_ranks(time.perf_counter() - rollout_started))  # the step waits for the slowest rank
+        gather_started = time.perf_counter()
+        texts = [request.text for request, _ in expand_requests(rollout_requests(examples, cfg.mode), self.sampling)]
+        everyone = SharedRollout.gather(batch, rows, texts)
+        gather_seconds = time.perf_counter() - gather_started
+        rewards = self.reward(everyone.reward_inputs(step, self.decode))
+        return Sampled(batch, rows, everyone, rewards, rollout_seconds, gather_seconds)
 
     def decode(self, ids: list[int]) -> str:
         return self.context.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@dataclass
+class Sampled:
+    """One step's rollouts and rewards, before the update."""
+
+    local: RolloutBatch  # this rank's r rows (one process: all R)
+    rows: torch.Tensor  # [r] long, global row of each local row
+    everyone: SharedRollout  # the global batch's R rows
+    rewards: RewardBreakdown  # over the global batch, [R] each
+    rollout_seconds: float  # the slowest rank's
+    gather_seconds: float
 
 
 def rationale_embedding(cfg: TrainConfig) -> EmbeddingConfig:
@@ -105,6 +137,17 @@ def rationale_embedding(cfg: TrainConfig) -> EmbeddingConfig:
         max_prompt_tokens=cfg.embedding.max_prompt_tokens,
         decoding=Decoding(max_new_tokens=role_max_new_tokens(cfg, "positive")),
     )
+
+
+def global_rows(examples: list[int], per_example: int) -> torch.Tensor:
+    """[r] global row of each local rollout row: every example has ``per_example`` rows (roles x samples), in
+    example order, so the global batch's rows are laid out as one process lays them out."""
+    return torch.tensor([e * per_example + j for e in examples for j in range(per_example)], dtype=torch.long)
+
+
+def own_rows(partners: EmbeddingPartners, rows: torch.Tensor) -> EmbeddingPartners:
+    """The global batch's partners, restricted to this rank's ``rows`` (candidates stay global)."""
+    return EmbeddingPartners(partners.candidates, partners.targets[rows], partners.exclude[rows], partners.takes_part[rows])
 
 
 def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
@@ -120,11 +163,12 @@ def role_sampling(cfg: TrainConfig) -> dict[Role, RoleSampling]:
     return sampling
 
 
-def rollout_requests(examples: Sequence[Triplet | Sentence], mode: str) -> list[RolloutRequest]:
+def rollout_requests(examples: Sequence[Triplet | Sentence], mode: str, groups: Sequence[int] | None = None) -> list[RolloutRequest]:
     """Supervised: query, positive and negative of each triplet. Unsupervised: the sentence twice, as the
-    "query" view and the "positive" view (their rationales differ, like dropout views in SimCSE)."""
+    "query" view and the "positive" view (their rationales differ, like dropout views in SimCSE).
+    ``groups``: each example's group id (default: its position)."""
     requests = []
-    for group, example in enumerate(examples):
+    for group, example in zip(groups if groups is not None else range(len(examples)), examples):
         if mode == "supervised":
             requests += [
                 RolloutRequest(example.query, group, Role.QUERY),
@@ -142,7 +186,14 @@ def step_seed(seed: int, step: int, row: int) -> int:
 
 
 def step_metrics(
-    cfg: TrainConfig, batch: RolloutBatch, rewards: RewardBreakdown, advantages, key, update: UpdateStats, rollout_seconds: float
+    cfg: TrainConfig,
+    batch: SharedRollout,
+    rewards: RewardBreakdown,
+    advantages,
+    key,
+    update: UpdateStats,
+    rollout_seconds: float,
+    gather_seconds: float = 0.0,
 ) -> dict[str, Any]:
     trained = rewards.trained
     lengths = batch.rationale_lengths.float()
@@ -189,6 +240,7 @@ def step_metrics(
             "rollout/embedding_mean_cos": different_text_mean_cos(batch.embeddings, batch.texts),
             "rollout/rows": len(batch),
             "time/rollout_seconds": rollout_seconds,
+            "time/gather_seconds": gather_seconds,
             "time/generated_tokens_per_second": float(lengths.sum()) / max(rollout_seconds, 1e-9),
         }
     )

@@ -14,6 +14,12 @@ Batch Size under Memory Limited Setup", arXiv 2101.06983) keeps it exact: embed 
 gradient, take the loss's gradient with respect to the embeddings, then re-run each micro-batch with
 gradient and back-propagate its slice. The random state is replayed for the second pass, so dropout
 masks are the same in both (tested equal to one full-batch backward).
+
+Under torchrun each rank embeds the rows of its share of the update's examples
+(``grace.distributed.local_examples``) and the embeddings of every rank are gathered without gradient:
+the InfoNCE loss sees the update's whole set of in-batch candidates, as in one process. Each rank's own
+rows carry their gradient into that loss, so the gradients the engine averages over ranks add up to the
+one-process gradient (``grace.parallel``).
 """
 from __future__ import annotations
 
@@ -23,12 +29,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import PreTrainedModel
 
 from grace.config import ConfigError
 from grace.data import Sentence, Triplet
 from grace.embedding import EmbeddingConfig
-from grace.forward import decoder_forward, position_ids
+from grace.distributed import gather_rows, local_examples
+from grace.forward import hidden_and_logits, position_ids
 from grace.infonce import InfoNCEOutput, info_nce
 from grace.objectives.base import Objective, StepResult, TrainContext
 from grace.objectives.dropout import attention_dropout, attention_modules
@@ -42,6 +48,7 @@ class ContrastProblem:
     """One update's InfoNCE problem over R rendered prompts, each embedded once."""
 
     prompts: list[Prompt]  # [R]
+    example: torch.Tensor  # [R] long, which example of the update each row comes from
     anchors: torch.Tensor  # [N] long, row of each anchor
     candidates: torch.Tensor  # [M] long, row of each candidate
     targets: torch.Tensor  # [N] long, index into `candidates` of each anchor's partner
@@ -62,12 +69,13 @@ def same_text_as_partner(partner_texts: list[str], candidate_texts: list[str], t
     return same
 
 
-def embed_prompts(model: PreTrainedModel, prompts: list[Prompt], pad_id: int, pooling: str) -> torch.Tensor:
-    """[B, H] float32 L2-normalised pooled embeddings of rendered prompts, with gradient if enabled."""
+def embed_prompts(model: torch.nn.Module, prompts: list[Prompt], pad_id: int, pooling: str) -> torch.Tensor:
+    """[B, H] float32 L2-normalised pooled embeddings of rendered prompts, with gradient if enabled. ``model``:
+    a causal LM or its wrapped ``LMForward`` (``grace.forward.hidden_and_logits``)."""
     batch = PromptBatch.collate(prompts, pad_id)
     device = next(model.parameters()).device
     ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-    hidden, _ = decoder_forward(model, ids, mask, position_ids(mask))
+    hidden, _ = hidden_and_logits(model, ids, mask, position_ids(mask))
     return pool_hidden(hidden, batch.spans.to(device), pooling)
 
 
@@ -85,7 +93,7 @@ def contrast_update(context: TrainContext, problem: ContrastProblem, optimizer, 
     """One optimizer update of the mean InfoNCE loss of ``problem``."""
     optimizer.zero_grad(set_to_none=True)
     out, loss, embeddings = contrast_backward(context, problem)
-    grad_norm = apply_update(context.model, optimizer, scheduler, context.cfg.trainer.grad_clip)
+    grad_norm = apply_update(context.parallel.module, optimizer, scheduler, context.cfg.trainer.grad_clip)
     rows = len(embeddings)
     mean_cos = (float((embeddings @ embeddings.T).sum()) - float((embeddings * embeddings).sum())) / max(rows * (rows - 1), 1)
     return ContrastStats(
@@ -100,14 +108,16 @@ def contrast_update(context: TrainContext, problem: ContrastProblem, optimizer, 
 
 def contrast_backward(context: TrainContext, problem: ContrastProblem) -> tuple[InfoNCEOutput, torch.Tensor, torch.Tensor]:
     """Accumulate the gradient of the mean InfoNCE loss of ``problem`` into ``.grad``, micro-batched with a
-    gradient cache when the rows exceed ``trainer.micro_batch_size``.
+    gradient cache when this rank's rows exceed ``trainer.micro_batch_size``.
 
-    Returns the InfoNCE output, the mean loss (detached) and the embeddings [R, H] (detached).
+    Returns the InfoNCE output, the mean loss (detached) and the embeddings [R, H] of every row (detached).
     """
-    cfg, model = context.cfg, context.model
+    cfg, parallel = context.cfg, context.parallel
     pad_id, pooling, objective = context.tokenizer.pad_token_id, cfg.embedding.pooling, cfg.objective
+    mine = own_rows(problem)
+    prompts = [problem.prompts[i] for i in mine.tolist()]
     size = cfg.trainer.micro_batch_size
-    chunks = [problem.prompts[i : i + size] for i in range(0, len(problem.prompts), size)]
+    chunks = [prompts[i : i + size] for i in range(0, len(prompts), size)]  # as many on every rank (equal shares)
 
     def loss_of(embeddings: torch.Tensor) -> tuple[InfoNCEOutput, torch.Tensor]:
         out = info_nce(
@@ -119,30 +129,42 @@ def contrast_backward(context: TrainContext, problem: ContrastProblem) -> tuple[
         )
         return out, out.loss.mean()
 
-    model.train()
-    with attention_dropout(model, objective.dropout):
+    module, scale = parallel.module, parallel.loss_scale
+    module.train()
+    with attention_dropout(context.model, objective.dropout):
         if len(chunks) == 1:
             with context.autocast:
-                embeddings = embed_prompts(model, problem.prompts, pad_id, pooling)
+                own = embed_prompts(module, prompts, pad_id, pooling)
+            # Every rank's rows, this rank's with their gradient.
+            embeddings = gather_rows(own, mine).index_copy(0, mine.to(own.device), own)
             out, loss = loss_of(embeddings)
-            loss.backward()
+            (loss * scale).backward()
         else:
             states, parts = [], []
             with torch.no_grad():
                 for chunk in chunks:
                     states.append(_rng_state(context.device))
                     with context.autocast:
-                        parts.append(embed_prompts(model, chunk, pad_id, pooling))
-            embeddings = torch.cat(parts).requires_grad_()
+                        parts.append(embed_prompts(module, chunk, pad_id, pooling))
+            embeddings = gather_rows(torch.cat(parts), mine).requires_grad_()
             out, loss = loss_of(embeddings)
             loss.backward()
-            for chunk, state, grad in zip(chunks, states, embeddings.grad.split([len(c) for c in chunks])):
+            grads = embeddings.grad[mine.to(embeddings.device)] * scale
+            for index, (chunk, state, grad) in enumerate(zip(chunks, states, grads.split([len(c) for c in chunks]))):
                 _set_rng_state(state, context.device)  # the same dropout masks as in the cached pass
-                with context.autocast:
-                    again = embed_prompts(model, chunk, pad_id, pooling)
-                again.backward(grad)
-    model.eval()
+                with parallel.gradient_sync(last=index == len(chunks) - 1):
+                    with context.autocast:
+                        again = embed_prompts(module, chunk, pad_id, pooling)
+                    again.backward(grad)
+    module.eval()
     return out, loss.detach(), embeddings.detach()
+
+
+def own_rows(problem: ContrastProblem) -> torch.Tensor:
+    """[r] long, the rows of ``problem`` this rank embeds: those of its share of the update's examples."""
+    count = int(problem.example.max()) + 1 if len(problem.example) else 0
+    share = torch.tensor(local_examples(count, count), dtype=torch.long)
+    return torch.nonzero(torch.isin(problem.example, share)).flatten()
 
 
 def _rng_state(device: torch.device):
@@ -159,6 +181,7 @@ class PromptContrast(Objective):
     """Base of the objectives that train pooled prompt embeddings with InfoNCE; subclasses define ``problem``."""
 
     progress_metric = ("loss", "loss/infonce")
+    reads_logits = False
 
     def __init__(self, context: TrainContext) -> None:
         super().__init__(context)

@@ -13,6 +13,7 @@ import math
 from typing import Sequence
 
 from grace.data import Demonstration
+from grace.distributed import local_examples, reduce_sums, sum_over_ranks
 from grace.embedding import EmbeddingConfig
 from grace.objectives.base import Objective, StepResult
 from grace.objectives.policy_gradient import rationale_embedding
@@ -33,23 +34,29 @@ class SupervisedFineTuning(Objective):
         return cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
 
     def step(self, step: int, examples: Sequence[Demonstration], optimizer, scheduler) -> StepResult:
-        context, cfg = self.context, self.context.cfg
+        context, cfg, parallel = self.context, self.context.cfg, self.context.parallel
         per_update = cfg.trainer.mini_batch_size or cfg.trainer.batch_size
+        mine = local_examples(len(examples), per_update)  # this rank's share of every update (all of it in one process)
+        share = len(mine) * per_update // len(examples)
         context.model.train()
         nll, tokens, correct, grad_norms, updates = 0.0, 0, 0, 0.0, 0
-        for start in range(0, len(examples), per_update):
-            batch = demonstration_batch(context.tokenizer, context.template, examples[start : start + per_update], cfg.embedding.max_prompt_tokens)
-            update_tokens = int(batch.rationale_mask.sum())
+        for start in range(0, len(mine), share):
+            update = [examples[i] for i in mine[start : start + share]]
+            batch = demonstration_batch(context.tokenizer, context.template, update, cfg.embedding.max_prompt_tokens)
+            update_tokens = int(sum_over_ranks(batch.rationale_mask.sum()))  # over every rank's share: the global mean
             optimizer.zero_grad(set_to_none=True)
             # Each micro-batch's sum is divided by the update's token count: the gradients add up to the token mean.
-            for rows in batch.group.split(cfg.trainer.micro_batch_size):
+            for rows, real in parallel.micro_batches(batch.group, cfg.trainer.micro_batch_size):
                 with context.autocast:
-                    out = rationale_nll(context.model, batch.select(rows))
-                (out.nll_sum / update_tokens).backward()
-                nll, correct = nll + float(out.nll_sum.detach()), correct + out.correct
+                    out = rationale_nll(parallel.module, batch.select(rows))
+                (out.nll_sum / update_tokens * (parallel.loss_scale if real else 0.0)).backward()
+                if real:
+                    nll, correct = nll + float(out.nll_sum.detach()), correct + out.correct
             tokens += update_tokens
-            grad_norms += apply_update(context.model, optimizer, scheduler, cfg.trainer.grad_clip)
+            grad_norms += apply_update(parallel.module, optimizer, scheduler, cfg.trainer.grad_clip)
             updates += 1
+        summed = reduce_sums({"nll": nll, "correct": correct})
+        nll, correct = summed["nll"], summed["correct"]
         context.model.eval()
         loss = nll / tokens
         metrics = {

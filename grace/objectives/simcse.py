@@ -25,6 +25,7 @@ class SimCSE(PromptContrast):
         targets = torch.arange(b)
         return ContrastProblem(
             prompts=self.render(texts + texts),
+            example=torch.arange(2 * b) % b,
             anchors=torch.arange(b),  # rows: the first views, then the second views
             candidates=torch.arange(b, 2 * b),
             targets=targets,
