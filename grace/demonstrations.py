@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from grace.config import ConfigError, SampleConfig, resolve_train_file, validate
+from grace.config import ConfigError, SampleConfig, resolve_train_file
+from grace.validation import validate
 from grace.data.stream import ExampleStream
 from grace.models import load_policy, load_tokenizer
 from grace.objectives import TrainContext

@@ -1,6 +1,6 @@
 """What a model source names: the one resolver behind every entry point that loads a model.
 
-grace-train (``model.source``, checked by ``config.validate`` before anything loads), grace-eval,
+grace-train (``model.source``, checked by ``grace.validation.validate`` before anything loads), grace-eval,
 grace-encode, grace-index, ``GraceEncoder.from_pretrained`` and ``grace.models.load_policy`` all accept
 the same forms, resolved here:
 

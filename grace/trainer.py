@@ -39,7 +39,8 @@ from grace.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from grace.config import ConfigError, TrainConfig, example_kind, resolve_train_file, token_budgets, validate
+from grace.config import ConfigError, TrainConfig, example_kind, resolve_train_file, token_budgets
+from grace.validation import validate
 from grace.data import DataError, DataIssue, LoadedData, load_examples
 from grace.data.stream import ExampleStream
 from grace.distributed import barrier, broadcast, init_from_env, launched_by_torchrun, on_main, seed_step, world

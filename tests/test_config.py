@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from grace.config import ConfigError, validate
+from grace.config import ConfigError
+from grace.validation import validate
 from grace.train import CONF_DIR
 
 from train_helpers import compose_config

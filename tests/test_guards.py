@@ -150,7 +150,8 @@ def test_keep_best_spares_the_best_held_out_checkpoint_from_keep_last(tmp_path):
 
 
 def test_keep_best_needs_a_held_out_evaluation():
-    from grace.config import ConfigError, validate
+    from grace.config import ConfigError
+    from grace.validation import validate
 
     with pytest.raises(ConfigError, match="trainer.keep_best=true keeps the checkpoint of the best held-out score: set trainer.eval_every > 0"):
         validate(compose_config("trainer.keep_best=true"))

@@ -6,7 +6,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import grace.trainer
-from grace.config import ConfigError, validate
+from grace.config import ConfigError
+from grace.validation import validate
 from grace.distributed import World
 from grace.embedding import EmbeddingConfig, embed
 from grace.encoder import GraceEncoder

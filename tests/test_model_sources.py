@@ -20,7 +20,8 @@ import pytest
 
 from grace.cli.encode import main as encode_main
 from grace.cli.index import main as index_main
-from grace.config import ConfigError, validate
+from grace.config import ConfigError
+from grace.validation import validate
 from grace.embedding import EmbeddingConfig
 from grace.encoder import GraceEncoder, resolve_model_dir
 from grace.evaluation.config import ModelConfig

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grace.config import ConfigError, reward_components, validate
+from grace.config import ConfigError, reward_components
+from grace.validation import validate
 from grace.rewards import ComponentError, Ramp, RewardFunction, RewardInputs, build_component, compute_rewards
 from grace.rewards.degenerate import copied_fraction, degenerate_penalty, repeated_ngram_fraction, repetition_rates
 from grace.rewards.length import length_cost

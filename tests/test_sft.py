@@ -242,7 +242,8 @@ def compose_primary(name, *overrides):
 
 
 def test_grace_sft_and_its_sample_command_compose_their_own_configs(tmp_path):
-    from grace.config import SampleConfig, validate
+    from grace.config import SampleConfig
+    from grace.validation import validate
     from grace.demonstrations import check
 
     demos = write_demos(tmp_path / "demos.jsonl")

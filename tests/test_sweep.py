@@ -17,7 +17,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from grace.config import ConfigError, validate
+from grace.config import ConfigError
+from grace.validation import validate
 from grace.evaluation.report import ComparisonTable
 from grace.finish import Finisher
 from grace.train import CONF_DIR

@@ -33,7 +33,7 @@ from grace.embedding_loss import EmbeddingPartners, rollout_partners
 from grace.objectives.base import Objective, StepResult, TrainContext
 from grace.guards import different_text_mean_cos
 from grace.ppo import UpdateStats, ppo_update
-from grace.rewards import RewardBreakdown, RewardFunction, RewardInputs, within_group_std
+from grace.rewards import RewardBreakdown, RewardFunction, within_group_std
 from grace.rewards.degenerate import repetition_rates
 from grace.rollout import Role, RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
 from grace.shared_rollout import SharedRollout
