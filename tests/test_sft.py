@@ -76,12 +76,13 @@ def test_the_loss_counts_the_rationale_and_its_eos_and_nothing_else(tiny, tiny_t
 def test_prompt_and_padding_tokens_take_no_part_in_the_loss(tiny, tiny_template):
     model, tokenizer = tiny
     batch = demonstration_batch(tokenizer, tiny_template, DEMOS[:2], max_prompt_tokens=None)
-    base = float(rationale_nll(model, batch).nll_sum)
-    padded = batch.sequence_ids.clone()
-    padded[~batch.attention_mask.bool()] = 17  # whatever sits under padding
-    batch.sequence_ids = padded
-    assert float(rationale_nll(model, batch).nll_sum) == pytest.approx(base, rel=1e-6)
-    assert rationale_nll(model, batch).tokens == sum(len(text_token_ids(tokenizer, d.rationale)) + 1 for d in DEMOS[:2])
+    with torch.no_grad():
+        base = float(rationale_nll(model, batch).nll_sum)
+        padded = batch.sequence_ids.clone()
+        padded[~batch.attention_mask.bool()] = 17  # whatever sits under padding
+        batch.sequence_ids = padded
+        assert float(rationale_nll(model, batch).nll_sum) == pytest.approx(base, rel=1e-6)
+        assert rationale_nll(model, batch).tokens == sum(len(text_token_ids(tokenizer, d.rationale)) + 1 for d in DEMOS[:2])
 
 
 def sft_context(*overrides):
