@@ -46,8 +46,8 @@ def _sample(dict_cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if len(sys.argv) > 1 and sys.argv[1] == SUBCOMMAND:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if launched_by_torchrun():
             raise SystemExit("grace-sft sample runs in one process: start it without torchrun")
         del sys.argv[1]  # Hydra parses the rest as overrides of conf/sample.yaml

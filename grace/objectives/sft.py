@@ -13,7 +13,7 @@ import math
 from typing import Sequence
 
 from grace.data import Demonstration
-from grace.distributed import local_examples, reduce_sums, sum_over_ranks
+from grace.distributed import local_examples, reduce_sums, sum_over_ranks, world
 from grace.embedding import EmbeddingConfig
 from grace.objectives.base import Objective, StepResult
 from grace.objectives.policy_gradient import rationale_embedding
@@ -37,7 +37,7 @@ class SupervisedFineTuning(Objective):
         context, cfg, parallel = self.context, self.context.cfg, self.context.parallel
         per_update = cfg.trainer.mini_batch_size or cfg.trainer.batch_size
         mine = local_examples(len(examples), per_update)  # this rank's share of every update (all of it in one process)
-        share = len(mine) * per_update // len(examples)
+        share = per_update // world().size  # examples of one update on this rank
         context.model.train()
         nll, tokens, correct, grad_norms, updates = 0.0, 0, 0, 0.0, 0
         for start in range(0, len(mine), share):
