@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grace.config import ConfigError, TrainConfig
 from grace.data import Demonstration, Example, Sentence, Triplet
 from grace.embedding import EmbeddingConfig, embed
+from grace.engine import GenerationOptions
 from grace.guards import different_text_mean_cos
 from grace.prompts import PromptTemplate
 from grace.rewards.degenerate import repeated_ngram_fraction, words
@@ -128,16 +129,18 @@ def score(
     embedding: EmbeddingConfig,
     *,
     batch_size: int,
+    options: GenerationOptions = GenerationOptions(),
 ) -> dict[str, float]:
     """Every ``eval/*`` score of the held-out set under ``model`` (see the module docstring); leaves the
-    random state as it found it, so a run with evaluation trains exactly as one without."""
+    random state as it found it, so a run with evaluation trains exactly as one without. ``options``: how
+    rationales are computed (``grace.engine``; the run's ``generation`` settings), never what they are."""
     with torch.random.fork_rng():
         if isinstance(heldout.examples[0], Demonstration):
             return _demonstration_scores(heldout.examples, model, tokenizer, template, embedding, batch_size)
-        return _embedding_scores(heldout.examples, model, tokenizer, template, embedding, batch_size)
+        return _embedding_scores(heldout.examples, model, tokenizer, template, embedding, batch_size, options)
 
 
-def _embedding_scores(examples, model, tokenizer, template, embedding, batch_size) -> dict[str, float]:
+def _embedding_scores(examples, model, tokenizer, template, embedding, batch_size, options) -> dict[str, float]:
     if isinstance(examples[0], Triplet):
         texts = [text for example in examples for text in example_texts(example)]
     else:
@@ -145,7 +148,7 @@ def _embedding_scores(examples, model, tokenizer, template, embedding, batch_siz
         if len(pairs) < 2:
             raise ValueError(f"the held-out set has {len(pairs)} texts of at least {MIN_WORDS} words; halves accuracy needs 2")
         texts = [half for pair in pairs for half in pair]
-    out = embed(model, tokenizer, texts, embedding, batch_size=batch_size, template=template)
+    out = embed(model, tokenizer, texts, embedding, batch_size=batch_size, template=template, options=options)
     if isinstance(examples[0], Triplet):
         scores = triplet_scores(out.embeddings[0::3], out.embeddings[1::3], out.embeddings[2::3])
     else:

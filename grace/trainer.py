@@ -168,7 +168,8 @@ def train(
 
     def evaluate_heldout() -> dict[str, float]:  # on every rank: under FSDP the rollout gathers the whole model
         with parallel.rollout(), autocast:
-            return score(heldout, model, tokenizer, template, objective.embedding, batch_size=cfg.trainer.heldout.batch_size)
+            return score(heldout, model, tokenizer, template, objective.embedding,
+                         batch_size=cfg.trainer.heldout.batch_size, options=cfg.generation)
 
     watch = Watch(
         cfg.trainer, read_metrics(output_dir / METRICS_FILE), evaluate_heldout if heldout is not None else None,

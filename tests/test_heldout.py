@@ -75,3 +75,14 @@ def test_held_out_scores_and_guard_flags_reach_the_wandb_run(tmp_path):
     train(compose_config("logger=wandb", "logger.mode=offline", "trainer.eval_every=1", "trainer.heldout.size=3", "trainer.max_steps=1"), tmp_path)
     keys = logged_keys(run_file(tmp_path))
     assert {"eval/triplet_accuracy", "eval/mean_cos", "guard/repetition", "reward/grace_mean", "rollout/embedding_mean_cos"} <= keys
+
+
+def test_the_held_out_set_is_embedded_with_the_runs_generation_options(tmp_path, monkeypatch):
+    """How rationales are computed (grace.engine) is the run's choice for its evaluation as for its rollouts."""
+    import grace.heldout
+    from grace.engine import GenerationOptions
+
+    seen, real_embed = [], grace.heldout.embed
+    monkeypatch.setattr(grace.heldout, "embed", lambda *args, **kwargs: seen.append(kwargs["options"]) or real_embed(*args, **kwargs))
+    train(compose_config("trainer.eval_every=1", "trainer.heldout.size=3", "trainer.max_steps=1", "generation.continuous=false"), tmp_path)
+    assert len(seen) == 2 and all(options == GenerationOptions(continuous=False) for options in seen)  # steps 0 and 1
