@@ -28,7 +28,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 
 from grace.compiled import CompiledDecoder, compiled_decoder
 from grace.forward import decoder_forward, lm_logits, model_device, position_ids
-from grace.generation import Generation
+from grace.generation import Generation, RowSampling
 from grace.kv_slots import SlotCache
 from grace.pooling import normalise_mean, pooling_mask
 from grace.prefix import SharedPrefix, common_prefix_length, compute_prefix
@@ -66,26 +66,23 @@ def supports(model: PreTrainedModel) -> bool:
 def generate_rows(
     model: PreTrainedModel,
     prompts: list[Prompt],
+    rows: RowSampling,
     *,
-    temperature: torch.Tensor,
-    top_p: torch.Tensor,
-    max_new_tokens: torch.Tensor,
-    seeds: list[int],
-    eos_ids: list[int],
-    pad_id: int,
     pooling: str,
     slots: int,
     options: GenerationOptions = GenerationOptions(),
     progress: Callable[[int], None] | None = None,
 ) -> Generation:
-    """Generate a rationale per prompt; ``temperature``, ``top_p``, ``max_new_tokens`` are [R].
+    """Generate a rationale for each of the R prompts, prompt i decoded with ``rows``' entry i.
 
     Returns the rows in input order, in ``generate``'s layout (prompt left-padded, rationale right-padded).
-    ``slots``: rows decoded together. ``progress(n)`` is called as rows finish.
+    ``pooling``: one of ``grace.pooling.POOLING_METHODS``. ``slots``: rows decoded together.
+    ``progress(n)`` is called as rows finish. Raises ValueError when there are no prompts or ``rows``
+    does not hold one row per prompt.
     """
     if not prompts:
         raise ValueError("no prompts to generate for")
-    run = _Run(model, prompts, temperature, top_p, max_new_tokens, seeds, eos_ids, pad_id, pooling, slots, options, progress)
+    run = _Run(model, prompts, rows, pooling, slots, options, progress)
     run.loop()
     return run.result()
 
@@ -102,17 +99,17 @@ _MARGIN = 16
 class _Run:
     """One call of ``generate_rows``: the waiting rows, the slots' state and the results so far."""
 
-    def __init__(self, model, prompts, temperature, top_p, limits, seeds, eos_ids, pad_id, pooling, slots, options, progress):
-        if len(seeds) != len(prompts):
-            raise ValueError(f"need one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
+    def __init__(self, model, prompts: list[Prompt], rows: RowSampling, pooling: str, slots: int, options, progress):
+        if len(rows) != len(prompts):
+            raise ValueError(f"need sampling settings for every prompt: {len(prompts)} prompts, {len(rows)} rows of settings")
         self.model, self.prompts, self.pooling, self.options = model, prompts, pooling, options
         self.device = device = model_device(model)
-        self.temperature_all = temperature.float().to(device)
-        self.top_p_all = top_p.float().to(device)
-        self.limit_all = limits.long().to(device)
-        self.generators_all = row_generators(seeds)
-        self.eos = torch.tensor(eos_ids, device=device)
-        self.pad_id = pad_id
+        self.temperature_all = rows.temperature.float().to(device)
+        self.top_p_all = rows.top_p.float().to(device)
+        self.limit_all = rows.max_new_tokens.long().to(device)
+        self.generators_all = row_generators(rows.seeds)
+        self.eos = torch.tensor(rows.eos_ids, device=device)
+        self.pad_id = rows.pad_id
         self.progress: Callable[[int], None] | None = progress
 
         length = common_prefix_length(prompts) if options.shared_prefix else 0
@@ -132,7 +129,7 @@ class _Run:
 
         hidden_size = model.config.get_text_config(decoder=True).hidden_size
         self.row = torch.full((count,), -1, dtype=torch.long, device=device)  # [S] row in each slot, -1 free
-        self.next_token = torch.full((count,), pad_id, dtype=torch.long, device=device)  # [S] to feed next
+        self.next_token = torch.full((count,), self.pad_id, dtype=torch.long, device=device)  # [S] to feed next
         self.next_logprob = torch.zeros(count, device=device)  # [S]
         self.generated = torch.zeros(count, dtype=torch.long, device=device)  # [S] tokens fed so far
         self.position = torch.zeros(count, dtype=torch.long, device=device)  # [S] position of the next token

@@ -4,7 +4,8 @@ A KV-cached decoding loop written out by hand rather than ``model.generate`` bec
 same forward passes: the last-layer hidden state of every pooled token (pooled on the fly, so no
 [B, T, H] tensor and no second forward over the finished sequences), the log-probability of each
 sampled token (the PPO "old" log-probs), per-row temperature / top_p / length limits, and a flag for
-rationales cut at the length limit.
+rationales cut at the length limit. ``RowSampling`` bundles the per-row settings both this loop and the
+engine (``grace.engine``) decode with.
 
 A generated token's hidden state exists only once the token is fed back in, so the loop feeds every
 generated token, EOS and the last token of a truncated rationale included, exactly once.
@@ -20,6 +21,47 @@ from grace.forward import decoder_forward, lm_logits, model_device, position_ids
 from grace.pooling import normalise_mean, pooling_mask
 from grace.prompts import PromptBatch, Span
 from grace.sampling import row_generators, sample_next
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: == on tensor fields has no single truth value
+class RowSampling:
+    """How each of R rows is decoded: its sampling settings, its seed, and the tokens that end or pad it.
+
+    Raises ValueError when the per-row fields do not all have R entries (naming the fields and lengths).
+    """
+
+    temperature: torch.Tensor  # [R] float32, 0 = greedy
+    top_p: torch.Tensor  # [R] float32, nucleus mass
+    max_new_tokens: torch.Tensor  # [R] long, rationale length limit; 0 = no rationale
+    seeds: list[int]  # [R] seed of each row's own generator
+    eos_ids: list[int]  # every token that ends a rationale
+    pad_id: int  # token id fed and stored after a row has ended
+
+    def __post_init__(self) -> None:
+        lengths = {}
+        for name in ("temperature", "top_p", "max_new_tokens"):
+            tensor = getattr(self, name)
+            if tensor.dim() != 1:
+                raise ValueError(f"RowSampling.{name} must be one value per row [R], got shape {tuple(tensor.shape)}")
+            lengths[name] = tensor.shape[0]
+        lengths["seeds"] = len(self.seeds)
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{name} {n}" for name, n in lengths.items())
+            raise ValueError(f"RowSampling fields need one entry per row, got different lengths: {listed}")
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def select(self, index: list[int]) -> RowSampling:
+        """The settings of rows ``index`` (a sub-batch), in that order; ``eos_ids`` and ``pad_id`` are shared."""
+        return RowSampling(
+            temperature=self.temperature[index],
+            top_p=self.top_p[index],
+            max_new_tokens=self.max_new_tokens[index],
+            seeds=[self.seeds[i] for i in index],
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+        )
 
 
 @dataclass
@@ -48,29 +90,28 @@ class Generation:
 def generate(
     model: PreTrainedModel,
     prompts: PromptBatch,
+    rows: RowSampling,
     *,
-    temperature: torch.Tensor,
-    top_p: torch.Tensor,
-    max_new_tokens: torch.Tensor,
-    seeds: list[int],
-    eos_ids: list[int],
-    pad_id: int,
     pooling: str,
     keep_hidden: bool = False,
     share_prompts: bool = True,
 ) -> Generation:
-    """Generate rationales for a prompt batch; ``temperature``, ``top_p``, ``max_new_tokens`` are [B].
+    """Generate a rationale for each of the B rows of ``prompts``, row i decoded with ``rows``' entry i.
 
-    A row with ``max_new_tokens == 0`` gets no rationale (the "no reasoning" embedding).
-    ``share_prompts``: run the prompt pass once per distinct prompt (the k samples of a text share it).
+    A row with ``max_new_tokens == 0`` gets no rationale (the "no reasoning" embedding). ``pooling``: one
+    of ``grace.pooling.POOLING_METHODS``. ``share_prompts``: run the prompt pass once per distinct prompt
+    (the k samples of a text share it). Raises ValueError when ``rows`` does not hold B rows.
     """
     device = model_device(model)
     batch = prompts.input_ids.shape[0]
+    if len(rows) != batch:
+        raise ValueError(f"need sampling settings for every prompt: {batch} prompts, {len(rows)} rows of settings")
     ids, mask = prompts.input_ids.to(device), prompts.attention_mask.to(device)
-    temperature, top_p = temperature.to(device), top_p.to(device)
-    limit = max_new_tokens.to(device)
-    eos = torch.tensor(eos_ids, device=device)
-    generators = row_generators(seeds)
+    temperature, top_p = rows.temperature.to(device), rows.top_p.to(device)
+    limit = rows.max_new_tokens.to(device)
+    eos = torch.tensor(rows.eos_ids, device=device)
+    pad_id = rows.pad_id
+    generators = row_generators(rows.seeds)
 
     positions = position_ids(mask)
     hidden, cache = _prompt_forward(model, ids, mask, positions, share_prompts)

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.engine import GenerationOptions, generate_rows, supports
-from grace.generation import Generation, generate
+from grace.generation import Generation, RowSampling, generate
 from grace.prompts import Prompt, PromptBatch, PromptTemplate, Span, render_prompt
 
 logger = logging.getLogger(__name__)
@@ -136,29 +136,29 @@ def rollout(
     options: GenerationOptions = GenerationOptions(),
     progress: Callable[[int], None] | None = None,
 ) -> RolloutBatch:
-    """Roll out every request ``num_samples`` times; ``seeds`` gives one seed per rollout row.
+    """Roll out every request ``num_samples`` times; ``seeds`` gives one seed per rollout row (ValueError
+    from ``RowSampling`` when their counts differ).
 
     ``batch_size``: rows decoded together (the engine's slots). ``options``: how (``grace.engine``); all
     off, rows go in fixed batches of ``batch_size``, longest prompts together, through the plain loop.
     ``progress(n)`` is called as rows finish.
     """
     rows = expand_requests(requests, sampling)
-    if len(seeds) != len(rows):
-        raise ValueError(f"need one seed per rollout row: {len(rows)} rows, {len(seeds)} seeds")
-    prompts = [render_prompt(tokenizer, request.text, template, max_prompt_tokens) for request, _ in rows]
-    settings = dict(  # per row, for either path
+    row_sampling = RowSampling(
         temperature=torch.tensor([s.temperature for _, s in rows], dtype=torch.float32),
         top_p=torch.tensor([s.top_p for _, s in rows], dtype=torch.float32),
         max_new_tokens=torch.tensor([s.max_new_tokens for _, s in rows]),
         seeds=seeds,
         eos_ids=_eos_ids(model, tokenizer),
         pad_id=tokenizer.pad_token_id,
-        pooling=pooling,
     )
+    prompts = [render_prompt(tokenizer, request.text, template, max_prompt_tokens) for request, _ in rows]
     if _use_engine(model, options):
-        merged = generate_rows(model, prompts, slots=batch_size, options=options, progress=progress, **settings)
+        merged = generate_rows(
+            model, prompts, row_sampling, pooling=pooling, slots=batch_size, options=options, progress=progress
+        )
     else:
-        merged = _fixed_batches(model, prompts, batch_size, progress, **settings)
+        merged = _fixed_batches(model, prompts, row_sampling, pooling, batch_size, progress)
     device = merged.sequence_ids.device
     return RolloutBatch(
         sequence_ids=merged.sequence_ids,
@@ -170,7 +170,7 @@ def rollout(
         role=torch.tensor([int(r.role) for r, _ in rows], dtype=torch.long, device=device),
         truncated=merged.truncated,
         input_truncated=torch.tensor([p.input_truncated for p in prompts], device=device),
-        temperature=torch.tensor([s.temperature for _, s in rows], dtype=torch.float32, device=device),
+        temperature=row_sampling.temperature.to(device),
         prompt_length=merged.prompt_length,
         texts=[r.text for r, _ in rows],
     )
@@ -188,37 +188,21 @@ def _use_engine(model: PreTrainedModel, options: GenerationOptions) -> bool:
 def _fixed_batches(
     model: PreTrainedModel,
     prompts: list[Prompt],
+    rows: RowSampling,
+    pooling: str,
     batch_size: int,
     progress: Callable[[int], None] | None,
-    *,
-    temperature: torch.Tensor,
-    top_p: torch.Tensor,
-    max_new_tokens: torch.Tensor,
-    seeds: list[int],
-    eos_ids: list[int],
-    pad_id: int,
-    pooling: str,
 ) -> Generation:
     """The plain path: ``batch_size`` rows at a time, longest prompts together so padding stays small."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
     chunks: list[tuple[list[int], Generation]] = []
     for start in range(0, len(prompts), batch_size):
         index = order[start : start + batch_size]
-        chunk = generate(
-            model,
-            PromptBatch.collate([prompts[i] for i in index], pad_id),
-            temperature=temperature[index],
-            top_p=top_p[index],
-            max_new_tokens=max_new_tokens[index],
-            seeds=[seeds[i] for i in index],
-            eos_ids=eos_ids,
-            pad_id=pad_id,
-            pooling=pooling,
-        )
-        chunks.append((index, chunk))
+        batch = PromptBatch.collate([prompts[i] for i in index], rows.pad_id)
+        chunks.append((index, generate(model, batch, rows.select(index), pooling=pooling)))
         if progress is not None:
             progress(len(index))
-    merged = merge_generations([c for _, c in chunks], pad_id=pad_id)
+    merged = merge_generations([c for _, c in chunks], pad_id=rows.pad_id)
     # Undo the length sort: row i of the result is prompts[i].
     inverse = torch.empty(len(prompts), dtype=torch.long)
     inverse[torch.tensor([i for index, _ in chunks for i in index])] = torch.arange(len(prompts))

@@ -9,7 +9,7 @@ import torch
 
 import grace.compiled
 from grace.engine import GenerationOptions, generate_rows, supports
-from grace.generation import generate
+from grace.generation import RowSampling, generate
 from grace.models import TINY_RANDOM, load_policy
 from grace.pooling import POOLING_METHODS
 from grace.prompts import GRACE_SYSTEM_PROMPT, PromptBatch, PromptTemplate, render_prompt
@@ -34,25 +34,25 @@ OPTIONS = [
 ]
 
 
-def settings(tokenizer, rows=len(ROW_TEXTS), pooling="after_system", eos_ids=None, limits=None, temperature=None):
-    return dict(
+def settings(tokenizer, rows=len(ROW_TEXTS), eos_ids=None, limits=None, temperature=None):
+    return RowSampling(
         temperature=torch.tensor((temperature or TEMPERATURE)[:rows]),
         top_p=torch.ones(rows),
         max_new_tokens=torch.tensor((limits or LIMITS)[:rows]),
         seeds=[100 + i for i in range(rows)],
         eos_ids=eos_ids if eos_ids is not None else [tokenizer.eos_token_id],
         pad_id=tokenizer.pad_token_id,
-        pooling=pooling,
     )
 
 
-def plain(model, tokenizer, prompts, **kwargs):
-    return generate(model, PromptBatch.collate(prompts, tokenizer.pad_token_id), **settings(tokenizer, len(prompts), **kwargs))
+def plain(model, tokenizer, prompts, pooling="after_system", **kwargs):
+    batch = PromptBatch.collate(prompts, tokenizer.pad_token_id)
+    return generate(model, batch, settings(tokenizer, len(prompts), **kwargs), pooling=pooling)
 
 
-def engine(model, tokenizer, prompts, slots, options=GenerationOptions(), progress=None, **kwargs):
-    kwargs = settings(tokenizer, len(prompts), **kwargs)
-    return generate_rows(model, prompts, slots=slots, options=options, progress=progress, **kwargs)
+def engine(model, tokenizer, prompts, slots, options=GenerationOptions(), progress=None, pooling="after_system", **kwargs):
+    rows = settings(tokenizer, len(prompts), **kwargs)
+    return generate_rows(model, prompts, rows, pooling=pooling, slots=slots, options=options, progress=progress)
 
 
 def assert_same(reference, other, atol=1e-5):
@@ -124,11 +124,14 @@ def test_a_sampled_row_does_not_depend_on_its_neighbours(tiny, prompts):
     model, tokenizer = tiny
     together = engine(model, tokenizer, prompts, 3)
     row = 7  # sampled at T=1.0, 3 tokens
-    alone = generate_rows(
-        model, [prompts[row]], slots=3, **{**settings(tokenizer), "temperature": torch.tensor([1.0]),
-        "top_p": torch.ones(1), "max_new_tokens": torch.tensor([LIMITS[row]]), "seeds": [100 + row]},
-    )  # fmt: skip
+    alone = generate_rows(model, [prompts[row]], settings(tokenizer).select([row]), pooling="after_system", slots=3)
     assert alone.rationale_ids[0].tolist() == together.rationale_ids[row][together.rationale_mask[row]].tolist()
+
+
+def test_settings_must_cover_every_prompt(tiny, prompts):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="10 prompts, 9 rows"):
+        generate_rows(model, prompts, settings(tokenizer, 9), pooling="after_system", slots=3)
 
 
 def test_progress_counts_every_row_once(tiny, prompts):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from grace.forward import decoder_forward, lm_logits, position_ids
-from grace.generation import generate
+from grace.generation import RowSampling, generate
 from grace.pooling import POOLING_METHODS, pool_hidden
 from grace.prompts import GRACE_SYSTEM_PROMPT, PromptBatch, PromptTemplate, Span, render_prompt
 
@@ -12,18 +12,15 @@ TEXTS = ["A cat.", "The quick brown fox jumps over the lazy dog near the river b
 
 def run(model, tokenizer, template, *, pooling="after_system", eos_ids=None, limits=(6, 9, 4), temperature=(1.0, 0.7, 0.0)):
     prompts = PromptBatch.collate([render_prompt(tokenizer, t, template) for t in TEXTS], tokenizer.pad_token_id)
-    return generate(
-        model,
-        prompts,
+    rows = RowSampling(
         temperature=torch.tensor(temperature),
         top_p=torch.tensor([0.9, 1.0, 1.0]),
         max_new_tokens=torch.tensor(limits),
         seeds=[11, 12, 13],
         eos_ids=eos_ids if eos_ids is not None else [tokenizer.eos_token_id],
         pad_id=tokenizer.pad_token_id,
-        pooling=pooling,
-        keep_hidden=True,
     )
+    return generate(model, prompts, rows, pooling=pooling, keep_hidden=True)
 
 
 def relayout(generation, side, pad_id):
@@ -132,14 +129,50 @@ def test_duplicate_prompts_share_one_prompt_pass_with_identical_results(tiny, ti
     prompts = PromptBatch.collate([render_prompt(tokenizer, t, tiny_template) for t in texts], tokenizer.pad_token_id)
 
     def sample(share):
-        return generate(
-            model, prompts, temperature=torch.ones(5), top_p=torch.ones(5), max_new_tokens=torch.full((5,), 6),
+        rows = RowSampling(
+            temperature=torch.ones(5), top_p=torch.ones(5), max_new_tokens=torch.full((5,), 6),
             seeds=[1, 2, 3, 4, 5], eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
-            pooling="after_system", keep_hidden=True, share_prompts=share,
         )  # fmt: skip
+        return generate(model, prompts, rows, pooling="after_system", keep_hidden=True, share_prompts=share)
 
     shared, separate = sample(True), sample(False)
     assert torch.equal(shared.sequence_ids, separate.sequence_ids)
     assert torch.allclose(shared.logprobs, separate.logprobs, atol=1e-5)
     assert torch.allclose(shared.embeddings, separate.embeddings, atol=1e-5)
     check_equivalence(model, tokenizer, shared)
+
+
+def test_row_sampling_selects_the_rows_of_a_sub_batch_in_their_order():
+    rows = RowSampling(
+        temperature=torch.tensor([1.0, 0.5, 0.0, 0.7]),
+        top_p=torch.tensor([0.9, 1.0, 0.8, 0.95]),
+        max_new_tokens=torch.tensor([6, 0, 4, 9]),
+        seeds=[10, 11, 12, 13],
+        eos_ids=[2, 7],
+        pad_id=0,
+    )
+    sub = rows.select([3, 1])
+    assert torch.equal(sub.temperature, torch.tensor([0.7, 0.5]))
+    assert torch.equal(sub.top_p, torch.tensor([0.95, 1.0]))
+    assert sub.max_new_tokens.tolist() == [9, 0]
+    assert sub.seeds == [13, 11] and len(sub) == 2
+    assert sub.eos_ids == [2, 7] and sub.pad_id == 0
+    assert len(rows.select([])) == 0
+
+
+def test_row_sampling_rejects_per_row_fields_of_different_lengths():
+    fields = dict(temperature=torch.ones(3), top_p=torch.ones(3), max_new_tokens=torch.full((3,), 4), seeds=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"top_p 2.*seeds 3"):
+        RowSampling(**{**fields, "top_p": torch.ones(2)}, eos_ids=[2], pad_id=0)
+    with pytest.raises(ValueError, match=r"seeds 4"):
+        RowSampling(**{**fields, "seeds": [1, 2, 3, 4]}, eos_ids=[2], pad_id=0)
+    with pytest.raises(ValueError, match=r"max_new_tokens must be one value per row"):
+        RowSampling(**{**fields, "max_new_tokens": torch.tensor(4)}, eos_ids=[2], pad_id=0)
+
+
+def test_generate_needs_settings_for_every_prompt(tiny, tiny_template):
+    model, tokenizer = tiny
+    prompts = PromptBatch.collate([render_prompt(tokenizer, t, tiny_template) for t in TEXTS], tokenizer.pad_token_id)
+    rows = RowSampling(torch.ones(2), torch.ones(2), torch.full((2,), 3), [1, 2], [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="3 prompts, 2 rows"):
+        generate(model, prompts, rows, pooling="after_system")

@@ -30,7 +30,7 @@ import torch
 from grace.data import chatterbot_triplets
 from grace.engine import generate_rows
 from grace.forward import model_device, position_ids
-from grace.generation import generate
+from grace.generation import RowSampling, generate
 from grace.models import PACKAGED_SMOLLM2, load_policy
 from grace.pooling import pool_hidden
 from grace.prompts import GRACE_SYSTEM_PROMPT, PromptBatch, PromptTemplate, Span, render_prompt
@@ -57,26 +57,26 @@ def two_pass(model, prompts: PromptBatch, new_tokens: int, seed: int) -> torch.T
         return pool_hidden(hidden.hidden_states[-1], spans, "after_system")
 
 
-def sampling(rows: int, new_tokens: int, seed: int) -> dict:
+def sampling(rows: int, new_tokens: int, seed: int) -> RowSampling:
     """Every row sampled at T=1 for exactly ``new_tokens`` tokens (no token ends a row early)."""
-    return dict(
+    return RowSampling(
         temperature=torch.ones(rows),
         top_p=torch.ones(rows),
         max_new_tokens=torch.full((rows,), new_tokens),
         seeds=[seed * 1000 + i for i in range(rows)],
         eos_ids=[-1],
         pad_id=0,
-        pooling="after_system",
     )
 
 
 def one_pass(model, prompts: PromptBatch, new_tokens: int, seed: int, share_prompts: bool) -> torch.Tensor:
-    rows = prompts.input_ids.shape[0]
-    return generate(model, prompts, share_prompts=share_prompts, **sampling(rows, new_tokens, seed)).embeddings
+    rows = sampling(prompts.input_ids.shape[0], new_tokens, seed)
+    return generate(model, prompts, rows, pooling="after_system", share_prompts=share_prompts).embeddings
 
 
 def engine(model, prompts: list, new_tokens: int, seed: int) -> torch.Tensor:
-    return generate_rows(model, prompts, slots=len(prompts), **sampling(len(prompts), new_tokens, seed)).embeddings
+    rows = sampling(len(prompts), new_tokens, seed)
+    return generate_rows(model, prompts, rows, pooling="after_system", slots=len(prompts)).embeddings
 
 
 def main() -> None:
