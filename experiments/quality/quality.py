@@ -42,18 +42,27 @@ METHODS = {  # experiment overlay -> row name; order of the table
     "quality_simcse": "SimCSE (unsup.)",
 }
 BASE = "packaged:smollm2-135m"
+# Overrides left out of a run's directory name: conf/train.yaml's list plus the budget and the progress bar.
+NOT_IN_RUN_NAME = ("trainer.output_dir", "trainer.resume", "logger", "logger.progress_bar", "trainer.max_steps", "hydra.sweep.dir", "hparams_search")
 
 
-def train(args: argparse.Namespace, overrides: list[str]) -> int:
-    methods = args.methods.split(",")
+def _methods(given: str) -> list[str]:
+    methods = given.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}: use {', '.join(METHODS)}")
+    return methods
+
+
+def train(args: argparse.Namespace, overrides: list[str]) -> int:
+    methods = _methods(args.methods)
     command = [
         sys.executable, "-m", "grace.train", "-m",
         f"experiment={','.join(methods)}", f"seed={args.seeds}",
         f"hydra.sweep.dir={Path(args.out).resolve() / 'runs'}",
         "hydra.sweep.subdir=${hydra.job.override_dirname}",  # no job number: the same run keeps its directory
+        # ... also when it continues at a larger budget: how far a run goes and how it prints are not its name.
+        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(NOT_IN_RUN_NAME)}]",
         "trainer.resume=auto",
         *overrides,
     ]  # fmt: skip
@@ -83,10 +92,11 @@ def evaluate(args: argparse.Namespace) -> None:
     from grace.evaluation.seeds import summarise, to_markdown
 
     out = Path(args.out)
-    runs = find_runs(out)
+    runs = [run for run in find_runs(out) if run[0] in _methods(args.methods)]
     if not runs:
         raise SystemExit(f"no finished run under {out / 'runs'}: run `quality.py train --out {out}` first")
     labels: dict[str, str] = {}  # row label -> method
+    trained: dict[str, dict] = {}  # row label -> how far its run had trained
     specs: list[ModelConfig] = [
         EncoderSpec(source=BASE, label="SmolLM2-135M base (no rationale)", rationale=False),
         EncoderSpec(source=BASE, label="SmolLM2-135M base + rationale", rationale=True),
@@ -96,6 +106,7 @@ def evaluate(args: argparse.Namespace) -> None:
         if label in labels:
             raise SystemExit(f"two runs of {experiment} seed={seed} under {out / 'runs'} (other overrides): keep one, or use another --out")
         labels[label] = METHODS[experiment]
+        trained[label] = {"method": METHODS[experiment], "seed": seed, **training_done(checkpoint)}
         # rationale=None: the checkpoint embeds as its saved settings say (GRACE with, the baselines without).
         specs.append(EncoderSpec(source=str(checkpoint), label=label))
     if not args.no_reference:
@@ -112,21 +123,44 @@ def evaluate(args: argparse.Namespace) -> None:
     setting = f"tasks {args.tasks}; greedy rationales of at most {args.max_new_tokens} tokens; prompts cut at {args.max_prompt_tokens} tokens"
     (out / "quality.md").write_text(f"{markdown}\nOne evaluation setting for every row: {setting}. Every row: {out / 'eval' / 'results.md'}\n")
     records = [{"method": s.method, "runs": s.runs, "rationale": s.rationale, "mean": s.mean, "spread": s.spread} for s in summaries]
-    (out / "quality.json").write_text(json.dumps({"setting": setting, "tasks": table.tasks, "methods": records}, indent=2) + "\n")
+    rows = [
+        {"label": row.label, **trained.get(row.label, {"method": row.label}), "scores": {**row.scores, "mean": row.mean(table.tasks)}}
+        for row in table.rows
+    ]  # one per evaluated row: plots.py draws held-out score against training time from these
+    (out / "quality.json").write_text(json.dumps({"setting": setting, "tasks": table.tasks, "methods": records, "rows": rows}, indent=2) + "\n")
     print(markdown)
 
 
-def budget(args: argparse.Namespace) -> None:
-    """Steps per method that fit ``--minutes`` of training, from the mean measured step time of its runs."""
+def training_done(checkpoint: Path) -> dict:
+    """``step`` of ``checkpoint`` and ``training_seconds``: the summed ``time/step_seconds`` up to it.
+
+    A resumed run's ``metrics.jsonl`` may log a step twice (steps after the resume point that a stopped
+    start had already logged): the last record of a step counts.
+    """
+    step = int(checkpoint.name.removeprefix("step-"))
+    seconds = {}
+    for line in (checkpoint.parent.parent / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("step", step + 1) <= step and "time/step_seconds" in record:
+            seconds[record["step"]] = record["time/step_seconds"]
+    return {"step": step, "training_seconds": round(sum(seconds.values()), 1)}
+
+
+def step_seconds(out: Path) -> dict[str, float]:
+    """Experiment -> seconds a training step costs on idle cores: the lower quartile of ``time/step_seconds``
+    over every logged step of its runs but the first (which also warms caches up). The study's runs shared
+    the 2 cores with other work at times, and sharing only ever slows a step down."""
     seconds: dict[str, list[float]] = {}
-    for experiment, _, checkpoint in find_runs(Path(args.out)):
-        metrics = checkpoint.parent.parent / "metrics.jsonl"
-        times = [json.loads(line)["time/step_seconds"] for line in metrics.read_text().splitlines()]
-        seconds.setdefault(experiment, []).extend(times[1:] or times)  # the first step also warms caches up
-    for experiment in METHODS:
-        if experiment in seconds:
-            per_step = statistics.fmean(seconds[experiment])
-            print(f"{experiment}: {per_step:.1f} s/step -> trainer.max_steps={int(args.minutes * 60 // per_step)}")
+    for experiment, _, checkpoint in find_runs(out):
+        rows = [json.loads(line) for line in (checkpoint.parent.parent / "metrics.jsonl").read_text().splitlines()]
+        seconds.setdefault(experiment, []).extend(row["time/step_seconds"] for row in rows if row.get("step", 0) > 1 and "time/step_seconds" in row)
+    return {experiment: statistics.quantiles(times, n=4)[0] if len(times) > 1 else times[0] for experiment, times in seconds.items() if times}
+
+
+def budget(args: argparse.Namespace) -> None:
+    """Steps per method that fit ``--minutes`` of training, from the measured step times of its runs."""
+    for experiment, per_step in step_seconds(Path(args.out)).items():
+        print(f"{experiment}: {per_step:.1f} s/step -> trainer.max_steps={int(args.minutes * 60 // per_step)}")
 
 
 def main() -> None:
@@ -138,6 +172,7 @@ def main() -> None:
     train_parser.add_argument("--methods", default=",".join(METHODS))
     evaluate_parser = commands.add_parser("evaluate", help="evaluate every run's newest checkpoint and the base rows")
     evaluate_parser.add_argument("--out", default="outputs/quality")
+    evaluate_parser.add_argument("--methods", default=",".join(METHODS), help="evaluate these methods' runs (the base rows always)")
     evaluate_parser.add_argument("--tasks", default="offline", help="comma-separated tasks or suites (default: the offline suite)")
     evaluate_parser.add_argument("--max-new-tokens", type=int, default=32, help="rationale length, as in training")
     evaluate_parser.add_argument("--max-prompt-tokens", type=int, default=256, help="prompt budget, as in training")
