@@ -90,6 +90,10 @@ class RewardConfig:
     tau: float = 0.1
     w_cluster: float = 0.2
     w_cross: float = 0.2
+    # The GRACE terms' truncation rule: a rationale cut at max_new_tokens ranks below every finished one (the
+    # paper: R = -1). false: scored by its embedding like any other, e.g. when the length budget is far below
+    # what the model writes and the rule would mostly reward shorter rationales (grace/rewards/grace_terms.py).
+    rank_truncated_last: bool = True
     # The reward is the sum of these components' contributions (name -> ComponentConfig's keys; built-ins:
     # grace, length, truncation, degenerate). Untyped here so that the command line can add one
     # (+reward.components.length={weight:0.01,params:{budget:64}}); `reward_components` checks each entry.

@@ -175,6 +175,15 @@ def test_the_default_reward_is_the_grace_reward_bit_for_bit(variant, mode):
         assert torch.equal(out.trained, expected.trained)
 
 
+@pytest.mark.parametrize("variant", ["contrastive", "paper"])
+def test_reward_rank_truncated_last_reaches_the_grace_component(variant):
+    batch = triplet_batch(seed=0, truncated_rows=(1, 2, 7))
+    args = (batch.embeddings, batch.group, batch.role, batch.truncated)
+    out = default_reward(f"reward={variant}", "reward.rank_truncated_last=false")(batch)
+    assert torch.equal(out.total, compute_rewards(*args, variant=variant, rank_truncated_last=False).total)
+    assert not torch.equal(out.total, compute_rewards(*args, variant=variant).total)
+
+
 def test_the_default_reward_on_the_tiny_models_rollouts_is_the_grace_reward_bit_for_bit(tiny, tiny_template):
     from contextlib import nullcontext
 

@@ -165,6 +165,17 @@ def test_contrastive_truncated_rollouts_rank_below_every_finished_one_and_keep_t
     assert torch.equal(result[:3].argsort(), raw[:3].argsort())
 
 
+@pytest.mark.parametrize("variant", ["paper", "contrastive"])
+def test_without_the_truncation_rule_a_truncated_rollout_is_scored_by_its_embedding_alone(variant):
+    e, group, role, truncated = random_batch()
+    untruncated = compute_rewards(e, group, role, truncated, variant=variant).total
+    truncated[[0, 1, 4, 5]] = True
+    ruled = compute_rewards(e, group, role, truncated, variant=variant).total
+    result = compute_rewards(e, group, role, truncated, variant=variant, rank_truncated_last=False)
+    assert torch.equal(result.total, untruncated) and not torch.equal(ruled, untruncated)
+    assert torch.allclose(result.total, sum(result.terms.values()), atol=1e-6)
+
+
 def test_total_is_the_sum_of_terms_when_nothing_is_truncated():
     e, group, role, truncated = random_batch()
     for variant in ("paper", "contrastive"):

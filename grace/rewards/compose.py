@@ -178,7 +178,10 @@ class RewardFunction:
     def from_config(cls, components: Mapping[str, Any], reward: Any, mode: str) -> "RewardFunction":
         """From ``grace.config.reward_components(cfg)`` (name -> ``ComponentConfig``), ``cfg.reward`` (the GRACE
         component's variant, tau and weights) and ``cfg.mode``."""
-        grace_settings = {"variant": reward.variant, "mode": mode, "tau": reward.tau, "w_cluster": reward.w_cluster, "w_cross": reward.w_cross}
+        grace_settings = {
+            "variant": reward.variant, "mode": mode, "tau": reward.tau, "w_cluster": reward.w_cluster,
+            "w_cross": reward.w_cross, "rank_truncated_last": reward.rank_truncated_last,
+        }  # fmt: skip
         built = []
         for name, spec in components.items():
             target = getattr(spec, "_target_")

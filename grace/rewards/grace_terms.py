@@ -3,7 +3,7 @@ with every term kept apart. In the composed reward (``grace.rewards.compose``) t
 component ``grace``; ``compute_rewards`` is also the entry point other code and outside users build on::
 
     compute_rewards(embeddings [R, H], group [R], role [R], truncated [R], *, variant, mode,
-                    tau=0.1, w_cluster=0.2, w_cross=0.2) -> RewardBreakdown
+                    tau=0.1, w_cluster=0.2, w_cross=0.2, rank_truncated_last=True) -> RewardBreakdown
 
 ``group`` says which training example a rollout belongs to; ``role`` is 0 query, 1 positive, 2 negative
 (unsupervised mode has no negatives; its "query" is a second view of the same sentence). Embeddings are
@@ -40,6 +40,12 @@ A truncated rollout's reward is shifted down by the batch's reward range plus on
 finished rationale (the paper's fixed -1 can beat a poor InfoNCE score, which is below zero), yet still
 ordered by its embedding terms, so a group whose rollouts are all truncated keeps a learning signal.
 In both variants ``total`` equals the sum of ``terms`` except on rows where the truncation rule applies.
+
+``rank_truncated_last=False`` switches the truncation rule off in both variants: a truncated rollout is
+scored by its embedding terms like a finished one. The rule is what teaches a policy to finish its
+rationale within ``max_new_tokens``; with a budget much shorter than the rationales the model writes (most
+cut at the limit, e.g. 32 tokens on CPU) it is mostly a reward for writing shorter rationales
+(experiments/quality/README.md).
 """
 from __future__ import annotations
 
@@ -67,8 +73,9 @@ def compute_rewards(
     tau: float = 0.1,
     w_cluster: float = 0.2,
     w_cross: float = 0.2,
+    rank_truncated_last: bool = True,
 ) -> RewardBreakdown:
-    """Rewards for R rollouts; see the module docstring for the formulas."""
+    """Rewards for R rollouts; see the module docstring for the formulas and the truncation rule."""
     _check_inputs(embeddings, group, role, truncated, variant, mode, tau)
     # Every term below is a dot product read as a cosine: normalise here rather than trust the caller.
     e = F.normalize(embeddings.float(), dim=-1)
@@ -78,27 +85,38 @@ def compute_rewards(
         terms, trained = _paper_terms(e, structure, role, mode, w_cluster, w_cross)
         total = torch.stack(list(terms.values())).sum(dim=0) / tau
         terms = {name: value / tau for name, value in terms.items()}
-        total = torch.where(truncated & trained, torch.full_like(total, PAPER_TRUNCATION_REWARD), total)
+        if rank_truncated_last:
+            total = torch.where(truncated & trained, torch.full_like(total, PAPER_TRUNCATION_REWARD), total)
     else:
         terms = _contrastive_terms(e, structure, role, tau, w_cluster, w_cross)
         trained = trained_rows(role, variant)
         total = torch.stack(list(terms.values())).sum(dim=0)
         # Shift truncated rollouts below every finished one; they stay ordered among themselves, so a
         # group whose rollouts are all truncated still learns which of them embedded best.
-        shift = total.max() - total.min() + 1.0
-        total = torch.where(truncated, total - shift, total)
+        if rank_truncated_last:
+            shift = total.max() - total.min() + 1.0
+            total = torch.where(truncated, total - shift, total)
     return RewardBreakdown(total=total, terms=terms, trained=trained)
 
 
 def grace_component(
-    inputs: RewardInputs, *, variant: str, mode: str, tau: float, w_cluster: float, w_cross: float
+    inputs: RewardInputs,
+    *,
+    variant: str,
+    mode: str,
+    tau: float,
+    w_cluster: float,
+    w_cross: float,
+    rank_truncated_last: bool = True,
 ) -> ComponentValue:
     """The built-in component ``grace``: ``compute_rewards`` on the batch's embeddings, its truncation rule
     included; its terms are logged under their own names (``reward/positive_mean``, ...). The composed
-    reward passes ``variant``, ``tau``, ``w_cluster``, ``w_cross`` from ``reward.*`` and ``mode``."""
+    reward passes ``variant``, ``tau``, ``w_cluster``, ``w_cross``, ``rank_truncated_last`` from ``reward.*``
+    and ``mode``."""
     rewards = compute_rewards(
         inputs.embeddings, inputs.group, inputs.role, inputs.truncated,
         variant=variant, mode=mode, tau=tau, w_cluster=w_cluster, w_cross=w_cross,
+        rank_truncated_last=rank_truncated_last,
     )  # fmt: skip
     return ComponentValue(rewards.total, rewards.terms)
 
