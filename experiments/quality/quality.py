@@ -1,12 +1,13 @@
 """The quality study: train every method with several seeds, evaluate every checkpoint the same way.
 
-    python experiments/quality/quality.py train    --out outputs/quality                  # 6 methods x 3 seeds
+    python experiments/quality/quality.py train    --out outputs/quality                  # 7 methods x 3 seeds
     python experiments/quality/quality.py evaluate --out outputs/quality                  # + base rows, MiniLM
     python experiments/quality/quality.py budget   --out outputs/quality --minutes 30     # steps per method
 
 ``train`` runs one Hydra multirun of ``grace-train`` over the experiment overlays
 ``conf/experiment/quality_*.yaml`` and the seeds, into ``<out>/runs/<overrides>/``, with
-``trainer.resume=auto``: run it again to continue every unfinished run (finished ones stop at once).
+``trainer.resume=auto``: run it again to continue every unfinished run (finished ones stop at once), or
+again with a larger ``trainer.max_steps`` to continue finished ones: the budget is not part of a run's name.
 Arguments after ``--`` go to every job (e.g. ``-- trainer.max_steps=2`` for a pilot).
 
 ``evaluate`` finds the newest checkpoint of every run and evaluates it, the base model without and with a
@@ -14,11 +15,12 @@ rationale and all-MiniLM-L6-v2 with ONE setting (tasks, rationale length, prompt
 on held-out data (the offline suite: its chatterbot categories are held out of training, the other tasks
 are other corpora), through ``grace.evaluation.runner.evaluate_encoders``. Each checkpoint embeds as it
 was trained: with a rationale (GRACE) or without (contrastive, SimCSE). It writes ``<out>/eval/results.md``
-(every row) and ``<out>/quality.md`` / ``quality.json`` (mean ± spread over seeds per method).
-Re-running resumes from mteb's result cache and the embedding cache.
+(every row) and ``<out>/quality.md`` / ``quality.json`` (mean ± spread over seeds per method, and every row
+with its run's step and training time: copy it aside after each budget for ``scores.py``). ``--methods``
+evaluates some methods only. Re-running resumes from mteb's result cache and the embedding cache.
 
 ``budget`` reads the step times the runs measured (``time/step_seconds`` in ``metrics.jsonl``) and prints
-the ``trainer.max_steps`` of each method that fits a training budget per run.
+the ``trainer.max_steps`` of each method that fits a training budget per run (``step_seconds``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ METHODS = {  # experiment overlay -> row name; order of the table
     "quality_grace_paper": "GRACE, paper reward (sup.)",
     "quality_grace_contrastive": "GRACE, contrastive reward (sup.)",
     "quality_grace_embedding": "GRACE + embedding loss (sup.)",
+    "quality_grace_no_truncation_rule": "GRACE + embedding loss, no truncation rule (sup.)",
     "quality_contrastive": "contrastive fine-tuning (sup.)",
     "quality_grace_unsupervised": "GRACE (unsup.)",
     "quality_simcse": "SimCSE (unsup.)",
@@ -126,7 +129,7 @@ def evaluate(args: argparse.Namespace) -> None:
     rows = [
         {"label": row.label, **trained.get(row.label, {"method": row.label}), "scores": {**row.scores, "mean": row.mean(table.tasks)}}
         for row in table.rows
-    ]  # one per evaluated row: plots.py draws held-out score against training time from these
+    ]  # one per evaluated row: scores.py draws held-out score against training time from these
     (out / "quality.json").write_text(json.dumps({"setting": setting, "tasks": table.tasks, "methods": records, "rows": rows}, indent=2) + "\n")
     print(markdown)
 
