@@ -57,7 +57,7 @@ def main(out: Path, figures: Path) -> None:
 
     tasks, points, fixed = read_points(out)
     per_step = {METHODS[experiment]: seconds for experiment, seconds in step_seconds(out).items()}
-    figure = Figure(figsize=(4.2 * (len(tasks) + 1), 3.6), layout="constrained")
+    figure = Figure(figsize=(4.2 * (len(tasks) + 1) + 3.5, 3.6), layout="constrained")
     axes = figure.subplots(1, len(tasks) + 1)
     for axis, task in zip(axes, [*tasks, "mean"]):
         for method in [m for m in METHODS.values() if m in points and m in per_step]:
@@ -77,7 +77,7 @@ def main(out: Path, figures: Path) -> None:
         axis.set_title(task.removeprefix("Grace"))
         axis.set_xlabel("training minutes on 2 idle cores (steps x step time)")
     axes[0].set_ylabel("main score x100 (mean ± std over seeds)")
-    axes[-1].legend(fontsize=7, loc="best")
+    figure.legend(*axes[-1].get_legend_handles_labels(), fontsize=7, loc="outside right upper")  # clear of the data
     figures.mkdir(parents=True, exist_ok=True)
     figure.savefig(figures / "held_out_scores.png", dpi=110)
     print(f"wrote {figures / 'held_out_scores.png'}")
