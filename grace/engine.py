@@ -100,8 +100,7 @@ class _Run:
     """One call of ``generate_rows``: the waiting rows, the slots' state and the results so far."""
 
     def __init__(self, model, prompts: list[Prompt], rows: RowSampling, pooling: str, slots: int, options, progress):
-        if len(rows) != len(prompts):
-            raise ValueError(f"need sampling settings for every prompt: {len(prompts)} prompts, {len(rows)} rows of settings")
+        rows.check_covers(len(prompts))
         self.model, self.prompts, self.pooling, self.options = model, prompts, pooling, options
         self.device = device = model_device(model)
         self.temperature_all = rows.temperature.float().to(device)

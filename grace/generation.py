@@ -52,6 +52,11 @@ class RowSampling:
     def __len__(self) -> int:
         return len(self.seeds)
 
+    def check_covers(self, prompts: int) -> None:
+        """Raises ValueError unless there is one row of settings per prompt."""
+        if len(self) != prompts:
+            raise ValueError(f"need sampling settings for every prompt: {prompts} prompts, {len(self)} rows of settings")
+
     def select(self, index: list[int]) -> RowSampling:
         """The settings of rows ``index`` (a sub-batch), in that order; ``eos_ids`` and ``pad_id`` are shared."""
         return RowSampling(
@@ -104,8 +109,7 @@ def generate(
     """
     device = model_device(model)
     batch = prompts.input_ids.shape[0]
-    if len(rows) != batch:
-        raise ValueError(f"need sampling settings for every prompt: {batch} prompts, {len(rows)} rows of settings")
+    rows.check_covers(batch)
     ids, mask = prompts.input_ids.to(device), prompts.attention_mask.to(device)
     temperature, top_p = rows.temperature.to(device), rows.top_p.to(device)
     limit = rows.max_new_tokens.to(device)
