@@ -140,10 +140,11 @@ def training_done(checkpoint: Path) -> dict:
     A resumed run's ``metrics.jsonl`` may log a step twice (steps after the resume point that a stopped
     start had already logged): the last record of a step counts.
     """
+    from grace.sweep import read_metrics
+
     step = int(checkpoint.name.removeprefix("step-"))
     seconds = {}
-    for line in (checkpoint.parent.parent / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_metrics(checkpoint.parent.parent / "metrics.jsonl"):
         if record.get("step", step + 1) <= step and "time/step_seconds" in record:
             seconds[record["step"]] = record["time/step_seconds"]
     return {"step": step, "training_seconds": round(sum(seconds.values()), 1)}
@@ -153,9 +154,11 @@ def step_seconds(out: Path) -> dict[str, float]:
     """Experiment -> seconds a training step costs on idle cores: the lower quartile of ``time/step_seconds``
     over every logged step of its runs but the first (which also warms caches up). The study's runs shared
     the 2 cores with other work at times, and sharing only ever slows a step down."""
+    from grace.sweep import read_metrics
+
     seconds: dict[str, list[float]] = {}
     for experiment, _, checkpoint in find_runs(out):
-        rows = [json.loads(line) for line in (checkpoint.parent.parent / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(checkpoint.parent.parent / "metrics.jsonl")
         seconds.setdefault(experiment, []).extend(row["time/step_seconds"] for row in rows if row.get("step", 0) > 1 and "time/step_seconds" in row)
     return {experiment: statistics.quantiles(times, n=4)[0] if len(times) > 1 else times[0] for experiment, times in seconds.items() if times}
 
