@@ -12,10 +12,12 @@ progress included: whatever steps ``metrics.jsonl`` holds) and writes into the f
 * ``baselines.png``: contrastive fine-tuning and SimCSE: InfoNCE loss and accuracy, mean cosine.
 
 A panel titled "not logged" is a metric that method does not have (e.g. the embedding loss of GRACE
-without it). Prints one line per run: method, seed, steps logged.
+without it). Prints one line per run (method, seed, steps logged), then the figures' numbers: for each
+method and metric, the mean over seeds and steps in blocks of steps (``BLOCKS``), as the README tables them.
 """
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -32,6 +34,8 @@ BASELINES = ["quality_contrastive", "quality_simcse"]
 ROLLOUT_KEYS = ["rollout/rationale_length_mean", "rollout/truncation_rate", "rollout/embedding_mean_cos",
                 "loss/embedding", "advantage/nonzero_fraction", "optim/grad_norm"]  # fmt: skip
 BASELINE_KEYS = ["loss/infonce", "infonce/accuracy", "embedding/mean_cos"]
+TABLED_KEYS = [*ROLLOUT_KEYS[:4], "loss/embedding_accuracy", "reward/total_mean", "optim/grad_norm", *BASELINE_KEYS]
+BLOCKS = [(1, 3), (4, 6), (7, 12), (13, 18), (19, 27), (28, 36), (37, 45), (46, 54)]  # first and last step
 
 Runs = dict[tuple[str, int], Series]  # (experiment, seed) -> that run's metrics
 
@@ -77,6 +81,20 @@ def grid(file: str, title: str, methods: list[str], keys: list[str], runs: Runs,
     return draw(spec, series, directory / file)
 
 
+def print_blocks(runs: Runs) -> None:
+    """Per method and metric: the mean over every (seed, step) in each block of ``BLOCKS`` that has steps."""
+    for method in METHODS:
+        for key in TABLED_KEYS:
+            by_step = [dict(run.values[key]) for (m, _), run in runs.items() if m == method and key in run.values]
+            means = []
+            for first, last in BLOCKS:
+                values = [value for steps in by_step for step, value in steps.items() if first <= step <= last]
+                if values:
+                    means.append(f"{first}-{last}: {statistics.fmean(values):.2f}")
+            if means:
+                print(f"{method} {key}: " + ", ".join(means))
+
+
 def main(out: Path, figures: Path) -> None:
     runs = read_runs(out)
     if not runs:
@@ -95,6 +113,7 @@ def main(out: Path, figures: Path) -> None:
     for path in written:
         if path is not None:
             print(f"wrote {path}")
+    print_blocks(runs)
 
 
 if __name__ == "__main__":
