@@ -58,11 +58,7 @@ class CrossedEncoder(GraceEncoder):
 
     @property
     def fingerprint(self) -> str:  # mteb's results folder: one per (writer, reader) pair
-        return hashlib.sha256(f"{self.writer.fingerprint}->{self.reader_fingerprint}".encode()).hexdigest()
-
-    @property
-    def reader_fingerprint(self) -> str:
-        return GraceEncoder.fingerprint.fget(self)
+        return hashlib.sha256(f"{self.writer.fingerprint}->{super().fingerprint}".encode()).hexdigest()
 
     def encode_with_rationales(self, texts, *, role="document", batch_size=None, progress=None, **overrides) -> EncodeResult:
         """As ``GraceEncoder.encode_with_rationales`` (texts of ``grace.texts``; one rationale per text)."""
