@@ -2,7 +2,7 @@
 derived from them (roles sampled and trained, token budgets, reward components).
 
 Hydra merges ``conf/train.yaml`` and its groups into this schema, so a misspelt key is an error at
-start-up ("Key 'max_stepz' is not in struct"). ``grace.validation.validate`` then checks the settings that
+start-up ("Key 'max_stepz' is not in struct"). ``grace.training.validation.validate`` then checks the settings that
 are legal one by one but impossible together, before any model or data is loaded.
 """
 from __future__ import annotations
@@ -15,13 +15,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from grace.data.readers import DEMONSTRATIONS
-from grace.engine import GenerationOptions
-from grace.prompts import GRACE_SYSTEM_PROMPT
+from grace.generation.options import GenerationOptions
+from grace.model.system_prompt import GRACE_SYSTEM_PROMPT
 
 
 @dataclass
 class LoraSection:
-    """LoRA adapters through peft (grace/lora.py); r = 0 trains every weight."""
+    """LoRA adapters through peft (grace/distributed/lora.py); r = 0 trains every weight."""
 
     r: int = 0  # rank of the adapters; 0: no LoRA
     alpha: float = 16.0  # the adapters' output is scaled by alpha / r
@@ -31,7 +31,7 @@ class LoraSection:
 
 @dataclass
 class ModelConfig:
-    source: str = "packaged:smollm2-135m"  # any form grace.sources accepts: packaged name, directory, .gguf, hub id
+    source: str = "packaged:smollm2-135m"  # any form grace.model.sources accepts: packaged name, directory, .gguf, hub id
     dtype: str = "float32"  # weights: float32 | bfloat16
     device: str = "auto"  # auto (cuda if available; under torchrun the rank's LOCAL_RANK device) | cpu | cuda | cuda:N
     trust_remote_code: bool = False
@@ -115,7 +115,7 @@ class AlgorithmConfig:
     # low precision, where cached decoding and a full forward round differently.
     recompute_old_logprobs: bool = False
     # > 0: add coef * InfoNCE of each rollout's pooled embedding (with gradient, from the update's forward)
-    # against its detached in-batch partners (grace/embedding_loss.py). 0: the plain policy-gradient update.
+    # against its detached in-batch partners (grace/objectives/policy_gradient/embedding_loss.py). 0: the plain policy-gradient update.
     embedding_loss_coef: float = 0.0
     embedding_loss_temperature: float = 0.05
 
@@ -146,7 +146,7 @@ class DataConfig:
 
 @dataclass
 class HeldOutConfig:
-    """The held-out set checked every ``trainer.eval_every`` steps (grace/heldout.py)."""
+    """The held-out set checked every ``trainer.eval_every`` steps (grace/training/heldout.py)."""
 
     # split: `size` examples taken out of the training data (with every training example sharing a text with
     # them), so they are never trained on; or any data source (a file, packaged:chatterbot with split=eval, ...),
@@ -216,14 +216,14 @@ class TrainerConfig:
     grad_clip: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay in model.dtype)
     # Under torchrun: auto (DDP when WORLD_SIZE > 1) | ddp | fsdp (FSDP2: parameters, gradients and optimizer
-    # state sharded over the ranks). batch_size and mini_batch_size stay global (grace/parallel.py).
+    # state sharded over the ranks). batch_size and mini_batch_size stay global (grace/distributed/parallel.py).
     strategy: str = "auto"
     output_dir: Optional[str] = None  # None: Hydra's job directory
     save_every: int = 50
     keep_last: int = 2
     resume: str = "none"  # none | auto | <checkpoint directory>
     # Settings a resume may change although they change the run's trajectory, e.g. [seed,data.train_file]
-    # (grace/resume.py: any other change of such a setting stops the resume).
+    # (grace/training/resume.py: any other change of such a setting stops the resume).
     resume_accept_changes: list[str] = field(default_factory=list)
     rationale_log_every: int = 10
     rationale_log_count: int = 4
@@ -256,7 +256,7 @@ class FinalEvalConfig:
 
 @dataclass
 class SweepConfig:
-    """The one number ``grace-train`` returns to a Hydra sweeper (e.g. Optuna); see ``grace/sweep.py``."""
+    """The one number ``grace-train`` returns to a Hydra sweeper (e.g. Optuna); see ``grace/runs/sweep_value.py``."""
 
     # auto: final_eval/mean when final_eval.enabled, else reward/total_mean. final_eval/mean and
     # final_eval/<task> read the trained row of the final before/after evaluation; any other name is a
@@ -285,7 +285,7 @@ class TrainConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
-    # How rollouts are computed, never what they are (grace.engine): e.g. generation.compile=true on GPUs
+    # How rollouts are computed, never what they are (grace.generation.engine): e.g. generation.compile=true on GPUs
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -298,7 +298,7 @@ class TrainConfig:
 
 @dataclass
 class SampleSection:
-    """``grace-sft sample``: demonstrations by rejection sampling (grace/demonstrations.py)."""
+    """``grace-sft sample``: demonstrations by rejection sampling (grace/training/demonstrations.py)."""
 
     output: Optional[str] = None  # the demonstrations file to write (.jsonl); required
     num_examples: int = 64  # training examples rolled out, trainer.batch_size at a time; k = rollout.num_samples

@@ -14,8 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from grace.models import PACKAGED_SMOLLM2, TINY_RANDOM, load_policy  # noqa: E402
-from grace.prompts import GRACE_SYSTEM_PROMPT, PromptTemplate  # noqa: E402
+from grace.model.loading import TINY_RANDOM, load_policy  # noqa: E402
+from grace.model.prompts import PromptTemplate  # noqa: E402
+from grace.model.sources import PACKAGED_SMOLLM2
+from grace.model.system_prompt import GRACE_SYSTEM_PROMPT
 
 _CORES = max(1, min(2, torch.get_num_threads()))
 

@@ -1,7 +1,7 @@
 """Running a function on N processes joined by gloo, as torchrun would start them, for CPU tests.
 
 Each process gets torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so the
-code under test joins the group through ``grace.distributed.init_from_env`` exactly as under torchrun. A
+code under test joins the group through ``grace.distributed.ranks.init_from_env`` exactly as under torchrun. A
 run that does not finish in time (a collective waiting for a rank that never comes) is killed and fails
 the test instead of hanging it.
 """

@@ -7,8 +7,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from grace.cli.train import CONF_DIR
 from grace.config import TrainConfig
-from grace.train import CONF_DIR
 
 TINY = ["experiment=debug", "logger=none", "logger.progress_bar=false"]
 
@@ -31,8 +31,8 @@ def assert_resume_is_exact(tmp_path: Path, *overrides: str, compose=compose_conf
     returns the resumed run's metrics."""
     import torch
 
-    from grace.encoder import GraceEncoder
-    from grace.trainer import train
+    from grace.embedding.encoder import GraceEncoder
+    from grace.training.trainer import train
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(compose(*overrides, "trainer.max_steps=4"), straight)

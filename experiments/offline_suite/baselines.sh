@@ -24,4 +24,4 @@ if [[ -n "$CHECKPOINT" ]]; then
 {label: 'GRACE-trained + rationale', source: '$CHECKPOINT', rationale: true},\
 {label: 'all-MiniLM-L6-v2 (reference)', source: 'packaged:all-minilm-l6-v2', kind: sentence-transformers}]")
 fi
-exec "$PYTHON" -m grace.evaluation.cli eval=baselines hydra.run.dir="$OUT" "${overrides[@]}" "$@"
+exec "$PYTHON" -m grace.cli.eval eval=baselines hydra.run.dir="$OUT" "${overrides[@]}" "$@"

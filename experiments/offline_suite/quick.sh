@@ -17,4 +17,4 @@ if [[ -n "$CHECKPOINT" ]]; then
 {label: 'base + rationale', source: 'packaged:smollm2-135m', rationale: true},\
 {label: 'GRACE-trained + rationale', source: '$CHECKPOINT', rationale: true}]")
 fi
-exec "$PYTHON" -m grace.evaluation.cli eval=quick hydra.run.dir="$OUT" "${overrides[@]}" "$@"
+exec "$PYTHON" -m grace.cli.eval eval=quick hydra.run.dir="$OUT" "${overrides[@]}" "$@"

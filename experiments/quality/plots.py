@@ -4,7 +4,7 @@
 
 Reads every job under ``<out>/runs`` whose ``.hydra/overrides.yaml`` names a quality overlay (runs still in
 progress included: whatever steps ``metrics.jsonl`` holds) and writes into the figure folder, with
-``grace.run_plots.draw`` (one column per method, one row per metric, one line per seed):
+``grace.runs.plots.draw`` (one column per method, one row per metric, one line per seed):
 
 * ``grace_rewards.png``: the GRACE runs' total reward and every reward term they log (``reward/<term>_mean``);
 * ``grace_rollouts.png``: rationale length, truncation, mean cosine between rollouts' embeddings, the
@@ -26,8 +26,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import METHODS  # noqa: E402  (also puts this checkout's grace on the path)
 
-from grace.run_plots import FigureSpec, Series, draw, reward_terms  # noqa: E402
-from grace.sweep import read_metrics  # noqa: E402
+from grace.runs.plots import FigureSpec, Series, draw, reward_terms  # noqa: E402
+from grace.training.run_logger import read_metrics  # noqa: E402
 
 GRACE = [method for method in METHODS if method.startswith("quality_grace")]
 BASELINES = ["quality_contrastive", "quality_simcse"]

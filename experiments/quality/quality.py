@@ -60,7 +60,7 @@ def _methods(given: str) -> list[str]:
 def train(args: argparse.Namespace, overrides: list[str]) -> int:
     methods = _methods(args.methods)
     command = [
-        sys.executable, "-m", "grace.train", "-m",
+        sys.executable, "-m", "grace.cli.train", "-m",
         f"experiment={','.join(methods)}", f"seed={args.seeds}",
         f"hydra.sweep.dir={Path(args.out).resolve() / 'runs'}",
         "hydra.sweep.subdir=${hydra.job.override_dirname}",  # no job number: the same run keeps its directory
@@ -75,7 +75,7 @@ def train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def find_runs(out: Path) -> list[tuple[str, int, Path]]:
     """(experiment, seed, newest checkpoint) of every run under ``<out>/runs`` with a finished checkpoint."""
-    from grace.checkpoint import latest_checkpoint
+    from grace.training.checkpoint import latest_checkpoint
 
     runs = []
     for job in sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []:
@@ -140,7 +140,7 @@ def training_done(checkpoint: Path) -> dict:
     A resumed run's ``metrics.jsonl`` may log a step twice (steps after the resume point that a stopped
     start had already logged): the last record of a step counts.
     """
-    from grace.sweep import read_metrics
+    from grace.training.run_logger import read_metrics
 
     step = int(checkpoint.name.removeprefix("step-"))
     seconds = {}
@@ -154,7 +154,7 @@ def step_seconds(out: Path) -> dict[str, float]:
     """Experiment -> seconds a training step costs on idle cores: the lower quartile of ``time/step_seconds``
     over every logged step of its runs but the first (which also warms caches up). The study's runs shared
     the 2 cores with other work at times, and sharing only ever slows a step down."""
-    from grace.sweep import read_metrics
+    from grace.training.run_logger import read_metrics
 
     seconds: dict[str, list[float]] = {}
     for experiment, _, checkpoint in find_runs(out):

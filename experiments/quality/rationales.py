@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import BASE, METHODS, _methods, find_runs  # noqa: E402  (also puts this checkout's grace on the path)
 
-from grace.encoder import GraceEncoder  # noqa: E402
+from grace.embedding.encoder import GraceEncoder  # noqa: E402
 from grace.evaluation.tasks.lee import read_lee_documents  # noqa: E402
 from grace.evaluation.tasks.polarity import read_polarity_sentences  # noqa: E402
 

@@ -31,13 +31,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import BASE, METHODS, _methods, find_runs  # noqa: E402  (also puts this checkout's grace on the path)
 
-from grace.cache import canonical_config  # noqa: E402
-from grace.embedding import text_seed  # noqa: E402
-from grace.encoder import EncodeResult, GraceEncoder  # noqa: E402
-from grace.forward import hidden_and_logits, position_ids  # noqa: E402
-from grace.pooling import pool_hidden  # noqa: E402
-from grace.rollout import Role, RoleSampling, RolloutRequest, rollout  # noqa: E402
-from grace.texts import check_not_empty, text_batch  # noqa: E402
+from grace.data.roles import Role
+from grace.embedding.cache import canonical_config  # noqa: E402
+from grace.embedding.encoder import EncodeResult, GraceEncoder  # noqa: E402
+from grace.embedding.pipeline import text_seed  # noqa: E402
+from grace.embedding.texts import check_not_empty, text_batch  # noqa: E402
+from grace.generation.rollout import RoleSampling, RolloutRequest, rollout  # noqa: E402
+from grace.model.forward import hidden_and_logits, position_ids  # noqa: E402
+from grace.model.pooling import pool_hidden  # noqa: E402
 
 CROSSINGS = {  # (rationale writer, hidden-state reader) -> row name; "trained" is the run's checkpoint
     ("trained", "base"): "trained rationales, base weights",
@@ -61,7 +62,7 @@ class CrossedEncoder(GraceEncoder):
         return hashlib.sha256(f"{self.writer.fingerprint}->{super().fingerprint}".encode()).hexdigest()
 
     def encode_with_rationales(self, texts, *, role="document", batch_size=None, progress=None, **overrides) -> EncodeResult:
-        """As ``GraceEncoder.encode_with_rationales`` (texts of ``grace.texts``; one rationale per text)."""
+        """As ``GraceEncoder.encode_with_rationales`` (texts of ``grace.embedding.texts``; one rationale per text)."""
         config = canonical_config(self.config_for(role, **overrides))
         decoding = config.decoding
         if not config.rationale or decoding.num_samples != 1:

@@ -6,11 +6,11 @@ prompts (a training step of ``experiment=cpu_small``: 2 chatterbot triplets x 3 
 * ``two-pass``   transformers' ``generate``, then a second forward over the finished sequences for the
                  last-layer hidden states, then pooling: what the official code does (it also runs a
                  third pass for the old log-probs, not counted here).
-* ``one-pass``   ``grace.generation.generate`` with ``share_prompts=False``: hidden states pooled while
+* ``one-pass``   ``grace.generation.reference.generate`` with ``share_prompts=False``: hidden states pooled while
                  generating, log-probs of the sampled tokens kept, no second forward.
 * ``one-pass+shared-prompt``  the same, with the prompt pass run once per distinct text and its KV cache
                  copied to the k samples (the plain loop's default).
-* ``engine``     ``grace.engine.generate_rows``, what the trainer uses now: the shared system-prompt prefix
+* ``engine``     ``grace.generation.engine.generate_rows``, what the trainer uses now: the shared system-prompt prefix
                  run once, continuous batching (all rows here run to the limit, so it cannot refill early).
 
 Every row generates exactly ``--new-tokens`` tokens (EOS is ignored) so the three do the same amount of
@@ -28,12 +28,14 @@ import time
 import torch
 
 from grace.data import chatterbot_triplets
-from grace.engine import generate_rows
-from grace.forward import model_device, position_ids
-from grace.generation import RowSampling, generate
-from grace.models import PACKAGED_SMOLLM2, load_policy
-from grace.pooling import pool_hidden
-from grace.prompts import GRACE_SYSTEM_PROMPT, PromptBatch, PromptTemplate, Span, render_prompt
+from grace.generation.engine import generate_rows
+from grace.generation.reference import RowSampling, generate
+from grace.model.forward import model_device, position_ids
+from grace.model.loading import load_policy
+from grace.model.pooling import pool_hidden
+from grace.model.prompts import PromptBatch, PromptTemplate, Span, render_prompt
+from grace.model.sources import PACKAGED_SMOLLM2
+from grace.model.system_prompt import GRACE_SYSTEM_PROMPT
 
 
 def two_pass(model, prompts: PromptBatch, new_tokens: int, seed: int) -> torch.Tensor:

@@ -67,11 +67,11 @@ def run(strategy: str, steps: int) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import grace.objectives.policy_gradient as policy_gradient
-    import grace.shared_rollout as shared_rollout
-    from grace.distributed import barrier, init_from_env, is_main
-    from grace.train import CONF_DIR
-    from grace.trainer import train
+    import grace.objectives.policy_gradient.global_batch as shared_rollout
+    import grace.objectives.policy_gradient.step as policy_gradient
+    from grace.cli.train import CONF_DIR
+    from grace.distributed.ranks import barrier, init_from_env, is_main
+    from grace.training.trainer import train
 
     layout = init_from_env()
     torch.set_num_threads(max(1, 2 // layout.size))

@@ -6,9 +6,9 @@ de-duplication are exactly what the GRACE adapter receives; each call is embedde
 distinct texts, the adapter's chunk. ``--tasks`` picks tasks, ``--every n`` keeps every n-th text of
 each call (a stated subset that keeps the suite's mix of short and long texts).
 
-Configurations (all but ``two-pass`` embed through ``grace.embedding.embed``, greedy):
+Configurations (all but ``two-pass`` embed through ``grace.embedding.pipeline.embed``, greedy):
 
-* ``today``       engine options off: fixed batches through the plain loop (``grace.generation.generate``,
+* ``today``       engine options off: fixed batches through the plain loop (``grace.generation.reference.generate``,
                   transformers' ``DynamicCache``), i.e. the path before the engine existed
 * ``prefix``      shared prompt prefix only (fixed batches)
 * ``continuous``  continuous batching only (no shared prefix)
@@ -49,13 +49,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grace.embedding import Decoding, EmbeddingConfig, embed
-from grace.engine import GenerationOptions
+from grace.embedding.pipeline import Decoding, EmbeddingConfig, embed
 from grace.evaluation.tasks import OFFLINE_SUITE
-from grace.forward import position_ids
-from grace.models import PACKAGED_SMOLLM2, load_policy
-from grace.pooling import pool_hidden
-from grace.prompts import GRACE_SYSTEM_PROMPT, Prompt, PromptBatch, PromptTemplate, Span, render_prompt
+from grace.generation.options import GenerationOptions
+from grace.model.forward import position_ids
+from grace.model.loading import load_policy
+from grace.model.pooling import pool_hidden
+from grace.model.prompts import Prompt, PromptBatch, PromptTemplate, Span, render_prompt
+from grace.model.sources import PACKAGED_SMOLLM2
+from grace.model.system_prompt import GRACE_SYSTEM_PROMPT
 
 CHUNK = 256  # distinct texts per embed call: GraceMtebEncoder's default chunk_size
 MAX_PROMPT_TOKENS = 1024  # the offline suite's setting (conf/eval/baselines.yaml)

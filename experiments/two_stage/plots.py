@@ -3,7 +3,7 @@
     python experiments/two_stage/plots.py outputs/two_stage experiments/two_stage
 
 Reads ``<runs>/{sft,gentle,aggressive}/metrics.jsonl`` and writes, into the figure folder, PNGs drawn with
-``grace.run_plots`` (both RL presets overlaid): every reward component, the held-out scores, the rollouts
+``grace.runs.plots`` (both RL presets overlaid): every reward component, the held-out scores, the rollouts
 (length, truncation, repetition, diversity, KL) and the SFT stage; then prints markdown tables of the numbers
 the README quotes and of the steps at which each guard fired.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grace.run_plots import FigureSpec, Series, draw
-from grace.sweep import read_metrics
+from grace.runs.plots import FigureSpec, Series, draw
+from grace.training.run_logger import read_metrics
 
 PRESETS = ("gentle", "aggressive")
 COMPONENTS = ("total", "grace", "length", "degenerate", "truncation")

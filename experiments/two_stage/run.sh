@@ -13,16 +13,16 @@ mkdir -p "$OUT"
 
 # 1. Demonstrations without a teacher: the packaged policy's best of 3 rationales (<= 24 tokens) for every
 #    text of 12 training triplets, by the GRACE reward; rationales cut at the limit are kept (see two_stage_sft.yaml).
-[ -f "$OUT/demos.jsonl" ] || $PY -m grace.sft sample experiment=two_stage_common "${COMMON[@]}" \
+[ -f "$OUT/demos.jsonl" ] || $PY -m grace.cli.sft sample experiment=two_stage_common "${COMMON[@]}" \
   sample.output="$OUT/demos.jsonl" sample.num_examples=12 sample.keep_truncated=true seed=1
 
 # 2. Stage 1: supervised fine-tuning on them (12 steps of 6 demonstrations, 6 held out).
-$PY -m grace.sft experiment=two_stage_sft "${COMMON[@]}" data.train_file="$OUT/demos.jsonl" \
+$PY -m grace.cli.sft experiment=two_stage_sft "${COMMON[@]}" data.train_file="$OUT/demos.jsonl" \
   trainer.output_dir="$OUT/sft" trainer.resume=auto
 
 # 3. Stage 2, twice from the same warm start: gentle polishing, and its aggressive counterpart.
 for preset in gentle aggressive; do
-  $PY -m grace.train experiment=two_stage_$preset "${COMMON[@]}" model.source="$OUT/sft" \
+  $PY -m grace.cli.train experiment=two_stage_$preset "${COMMON[@]}" model.source="$OUT/sft" \
     trainer.output_dir="$OUT/$preset" trainer.resume=auto
 done
 

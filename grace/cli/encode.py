@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from grace.cli import (
+from grace.cli.shared_arguments import (
     USER_ERRORS,
     TextRecord,
     add_input_arguments,
@@ -38,8 +38,8 @@ from grace.cli import (
     report_error,
     with_overrides,
 )
-from grace.encoder import ROLES, GraceEncoder
-from grace.staging import current_umask
+from grace.embedding.encoder import ROLES, GraceEncoder
+from grace.storage.staging import current_umask
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"

@@ -4,7 +4,7 @@
     grace-index search my-index "how do plants make food?" -k 5
 
 ``build`` embeds the corpus with the encoder's document settings and writes an index directory (see
-``grace.retrieval``). ``search`` reloads the encoder recorded in that directory (in the recorded dtype),
+``grace.retrieval.index``). ``search`` reloads the encoder recorded in that directory (in the recorded dtype),
 embeds the queries with the query settings recorded there, and prints the top-k documents with their
 scores and the query's rationale: why the query landed where it did.
 """
@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from grace.cli import (
+from grace.cli.shared_arguments import (
     USER_ERRORS,
     TextRecord,
     add_input_arguments,
@@ -31,7 +31,7 @@ from grace.cli import (
     report_error,
     with_overrides,
 )
-from grace.retrieval import (
+from grace.retrieval.index import (
     INDEX_TYPES,
     IndexSpec,
     RetrievalIndex,

@@ -6,7 +6,7 @@
 
 Why an adapter of our own instead of mteb's stock wrappers:
 
-* Same path as training. ``GraceEncoder.encode_with_rationales`` calls ``grace.embedding.embed``: the
+* Same path as training. ``GraceEncoder.encode_with_rationales`` calls ``grace.embedding.pipeline.embed``: the
   same prompt, spans and pooling as the rollouts, no decode-and-re-tokenise pass (the official
   evaluation's second forward over decoded text differs from what training pooled).
 * Roles. Retrieval passes ``PromptType.query`` for queries and ``PromptType.document`` for the corpus;
@@ -36,11 +36,11 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 from tqdm.auto import tqdm
 
-from grace.cache import EMBED_VERSION, canonical_config
-from grace.embedding import EmbeddingConfig
-from grace.encoder import ROLES, GraceEncoder
-from grace.models import PACKAGED_SMOLLM2
-from grace.texts import check_not_empty, text_batch
+from grace.embedding.cache import EMBED_VERSION, canonical_config
+from grace.embedding.encoder import ROLES, GraceEncoder
+from grace.embedding.pipeline import EmbeddingConfig
+from grace.embedding.texts import check_not_empty, text_batch
+from grace.model.sources import PACKAGED_SMOLLM2
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -148,7 +148,7 @@ class GraceMtebEncoder(AbsEncoder):
     ) -> np.ndarray:
         """[N, H] float32 L2-normalised embeddings of the ``"text"`` of every batch, in order.
 
-        A batch's ``"text"`` follows ``grace.texts``: a list of strings, or one ``str`` (an unbatched loader).
+        A batch's ``"text"`` follows ``grace.embedding.texts``: a list of strings, or one ``str`` (an unbatched loader).
         """
         where = f"{task_metadata.name} ({hf_subset}, {hf_split})"
         texts: list[str] = []

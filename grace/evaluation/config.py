@@ -1,7 +1,7 @@
 """The typed configuration of an evaluation: what to evaluate (models, tasks) and how to embed.
 
 Plain dataclasses, used twice: by the Python API (``evaluate_encoders``) and as the structured schema of
-the ``grace-eval`` Hydra app (``grace.evaluation.cli`` registers them in Hydra's ConfigStore). As a schema
+the ``grace-eval`` Hydra app (``grace.cli.eval`` registers them in Hydra's ConfigStore). As a schema
 they make a misspelt key an error at start-up, inside list entries too; ``__post_init__`` checks values
 when the CLI turns the config into these objects (``OmegaConf.to_object``).
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from grace.config import LoggerConfig
-from grace.engine import GenerationOptions
-from grace.models import PACKAGED_SMOLLM2
-from grace.pooling import check_pooling
+from grace.generation.options import GenerationOptions
+from grace.model.pooling import check_pooling
+from grace.model.sources import PACKAGED_SMOLLM2
 
 KINDS = ("grace", "sentence-transformers")
 OVERWRITE_STRATEGIES = ("only-missing", "always")
@@ -30,7 +30,7 @@ class ModelConfig:
     kind: str = "grace"  # "grace" (a causal LM writing rationales) or "sentence-transformers" (reference)
     rationale: Optional[bool] = None  # None: the encoder's saved setting (on for a base model)
     # None: the encoder's saved pooling ("after_system": template + text + rationale, as in training);
-    # "input" is the plain mean over the text, "last_token" the last state (grace.pooling).
+    # "input" is the plain mean over the text, "last_token" the last state (grace.model.pooling).
     pooling: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -58,7 +58,7 @@ class EvalSettings:
     seed: int = 0  # seeds sampled rationales per text (temperature > 0)
     num_samples: int = 1  # > 1 (needs temperature > 0): average several sampled rationales
     batch_size: int = 16  # texts per generation batch
-    # How rationales are computed, never what they are (grace.engine): e.g. eval.generation.compile=true
+    # How rationales are computed, never what they are (grace.generation.engine): e.g. eval.generation.compile=true
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     dtype: str = "float32"
     device: str = "cpu"

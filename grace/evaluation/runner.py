@@ -31,16 +31,15 @@ import torch
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.results import ModelResult
 
-from grace.encoder import GraceEncoder
-from grace.embedding import EmbeddingConfig
+from grace.embedding.encoder import GraceEncoder
+from grace.embedding.pipeline import EmbeddingConfig
 from grace.evaluation.adapter import EmbeddingOptions, GraceMtebEncoder, settings_hash
 from grace.evaluation.benchmarks import check_data_available
 from grace.evaluation.config import EvalSettings, ModelConfig
 from grace.evaluation.reference import load_sentence_transformer
 from grace.evaluation.report import ComparisonTable, EncoderResult
 from grace.evaluation.tasks import OFFLINE_SUITE, SMALL_SUITE, get_tasks
-from grace.models import PACKAGED_SMOLLM2
-from grace.sources import resolve_source
+from grace.model.sources import PACKAGED_SMOLLM2, resolve_source
 
 logger = logging.getLogger(__name__)
 

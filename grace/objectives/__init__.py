@@ -1,6 +1,6 @@
 """Training objectives behind one interface (``base.Objective``): one file each.
 
-* ``grace`` (``policy_gradient.py``): rationales, contrastive rewards, PPO update (``grace.ppo``);
+* ``grace`` (``policy_gradient.py``): rationales, contrastive rewards, PPO update (``grace.objectives.policy_gradient.ppo_update``);
 * ``contrastive`` (``contrastive.py``): supervised InfoNCE on prompt embeddings, no rationale;
 * ``simcse`` (``simcse.py``): unsupervised SimCSE with attention-dropout views, no rationale;
 * ``sft`` (``sft.py``): supervised fine-tuning on rationale demonstrations (the warm start of ``grace-sft``).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from grace.objectives.base import Objective, StepResult, TrainContext
 from grace.objectives.contrastive import ContrastiveFineTuning
-from grace.objectives.policy_gradient import PolicyGradient
+from grace.objectives.policy_gradient.step import PolicyGradient
 from grace.objectives.sft import SupervisedFineTuning
 from grace.objectives.simcse import SimCSE
 

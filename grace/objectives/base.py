@@ -8,10 +8,10 @@ schedule, checkpoints with exact resume, logging and the final evaluation. An ob
     save_checkpoint(..., objective.embedding, ...)                   # how the trained weights embed
 
 ``step`` runs the step's forward and backward passes and its optimizer updates (each through
-``grace.optim.apply_update``, which also advances the schedule) and returns what to log. ``examples`` is
+``grace.objectives.optimizer.apply_update``, which also advances the schedule) and returns what to log. ``examples`` is
 the global batch: under torchrun every rank gets all of it, works on its share
-(``grace.distributed.local_examples``) and returns metrics of the global batch. Training forwards go
-through ``context.parallel.module`` (``grace.parallel``), rollouts through ``context.model``. Randomness
+(``grace.distributed.ranks.local_examples``) and returns metrics of the global batch. Training forwards go
+through ``context.parallel.module`` (``grace.distributed.parallel``), rollouts through ``context.model``. Randomness
 must come from the seeded global generators or from (seed, step): the trainer restores both on resume,
 so 2 steps + resume + 2 steps == 4 steps for every objective (tested per objective).
 """
@@ -27,9 +27,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.config import TrainConfig
 from grace.data import Sentence, Triplet
-from grace.embedding import EmbeddingConfig
-from grace.parallel import Parallel
-from grace.prompts import PromptTemplate
+from grace.distributed.parallel import Parallel
+from grace.embedding.pipeline import EmbeddingConfig
+from grace.model.prompts import PromptTemplate
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TrainContext:
     device: torch.device
     autocast: AbstractContextManager  # bf16 autocast (trainer.precision=bf16) or a no-op; reusable
     # Frozen starting policy, only when algorithm.kl_coef > 0: a model, its FSDP-sharded forward, or with LoRA
-    # the policy with its adapter switched off (grace.lora.WithoutAdapter); policy_logprobs calls any of them.
+    # the policy with its adapter switched off (grace.distributed.lora.WithoutAdapter); policy_logprobs calls any of them.
     reference: torch.nn.Module | None = None
     parallel: Parallel | None = None  # how training forwards reach `model` (DDP, FSDP); None: one process
 
@@ -66,6 +66,9 @@ class Objective(ABC):
 
     name: ClassVar[str]  # the objective.name that selects it
     progress_metric: ClassVar[tuple[str, str]]  # (label, metric key) shown on the progress bar
+    # The larger-is-better metrics.jsonl key that says how training goes: the sweep value when there is no
+    # final evaluation (sweep.metric=auto), and what the reward_vs_heldout guard compares with held-out scores.
+    training_score: ClassVar[str]
     reads_logits: ClassVar[bool] = True  # False: only pooled hidden states train (the LM head gets no gradient)
 
     def __init__(self, context: TrainContext) -> None:

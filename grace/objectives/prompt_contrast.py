@@ -16,10 +16,10 @@ gradient and back-propagate its slice. The random state is replayed for the seco
 masks are the same in both (tested equal to one full-batch backward).
 
 Under torchrun each rank embeds the rows of its share of the update's examples
-(``grace.distributed.local_examples``) and the embeddings of every rank are gathered without gradient:
+(``grace.distributed.ranks.local_examples``) and the embeddings of every rank are gathered without gradient:
 the InfoNCE loss sees the update's whole set of in-batch candidates, as in one process. Each rank's own
 rows carry their gradient into that loss, so the gradients the engine averages over ranks add up to the
-one-process gradient (``grace.parallel``).
+one-process gradient (``grace.distributed.parallel``).
 """
 from __future__ import annotations
 
@@ -32,15 +32,15 @@ import torch
 
 from grace.config import ConfigError
 from grace.data import Sentence, Triplet
-from grace.embedding import EmbeddingConfig
-from grace.distributed import gather_rows, local_examples
-from grace.forward import hidden_and_logits, position_ids
-from grace.infonce import InfoNCEOutput, info_nce
+from grace.distributed.ranks import gather_rows, local_examples
+from grace.embedding.pipeline import EmbeddingConfig
+from grace.model.forward import hidden_and_logits, position_ids
+from grace.model.pooling import pool_hidden
+from grace.model.prompts import Prompt, PromptBatch, render_prompt
 from grace.objectives.base import Objective, StepResult, TrainContext
 from grace.objectives.dropout import attention_dropout, attention_modules
-from grace.optim import apply_update
-from grace.pooling import pool_hidden
-from grace.prompts import Prompt, PromptBatch, render_prompt
+from grace.objectives.infonce import InfoNCEOutput, info_nce
+from grace.objectives.optimizer import apply_update
 
 
 @dataclass
@@ -71,7 +71,7 @@ def same_text_as_partner(partner_texts: list[str], candidate_texts: list[str], t
 
 def embed_prompts(model: torch.nn.Module, prompts: list[Prompt], pad_id: int, pooling: str) -> torch.Tensor:
     """[B, H] float32 L2-normalised pooled embeddings of rendered prompts, with gradient if enabled. ``model``:
-    a causal LM or its wrapped ``LMForward`` (``grace.forward.hidden_and_logits``)."""
+    a causal LM or its wrapped ``LMForward`` (``grace.model.forward.hidden_and_logits``)."""
     batch = PromptBatch.collate(prompts, pad_id)
     device = next(model.parameters()).device
     ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
@@ -181,6 +181,7 @@ class PromptContrast(Objective):
     """Base of the objectives that train pooled prompt embeddings with InfoNCE; subclasses define ``problem``."""
 
     progress_metric = ("loss", "loss/infonce")
+    training_score = "infonce/accuracy"
     reads_logits = False
 
     def __init__(self, context: TrainContext) -> None:

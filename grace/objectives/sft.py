@@ -1,6 +1,6 @@
 """objective=sft: supervised fine-tuning of the policy on rationale demonstrations (``grace-sft``).
 
-    demonstrations (text, rationale) -> the rollout layout of grace.sft_loss -> token-mean NLL of the
+    demonstrations (text, rationale) -> the rollout layout of grace.objectives.sft_loss -> token-mean NLL of the
     rationale tokens (EOS included), prompt masked out -> AdamW updates in mini-batches
 
 The warm start of two-stage training (arXiv 2511.16073): teach the policy to write rationales of the
@@ -13,17 +13,18 @@ import math
 from typing import Sequence
 
 from grace.data import Demonstration
-from grace.distributed import local_examples, reduce_sums, sum_over_ranks, world
-from grace.embedding import EmbeddingConfig
+from grace.distributed.ranks import local_examples, reduce_sums, sum_over_ranks, world
+from grace.embedding.pipeline import EmbeddingConfig
 from grace.objectives.base import Objective, StepResult
-from grace.objectives.policy_gradient import rationale_embedding
-from grace.optim import apply_update
-from grace.sft_loss import demonstration_batch, rationale_nll
+from grace.objectives.optimizer import apply_update
+from grace.objectives.policy_gradient.step import rationale_embedding
+from grace.objectives.sft_loss import demonstration_batch, rationale_nll
 
 
 class SupervisedFineTuning(Objective):
     name = "sft"
     progress_metric = ("loss", "loss/sft")
+    training_score = "sft/token_accuracy"
 
     @property
     def embedding(self) -> EmbeddingConfig:

@@ -11,7 +11,7 @@ Three parts, each in [0, 1] and weighted by its parameter, summed and negated::
   rationale that copies its input is 1, a paraphrase near 0.
 
 Each part is logged as ``reward/degenerate_<part>_*`` (before the part weights). The measures are pure
-functions shared with the guards (``grace.guards``), which watch the repetition rate during training.
+functions shared with the guards (``grace.training.guards``), which watch the repetition rate during training.
 """
 from __future__ import annotations
 

@@ -54,8 +54,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from grace.data.roles import Role
 from grace.rewards.types import ComponentValue, RewardBreakdown, RewardInputs
-from grace.rollout import Role
 
 VARIANTS = ("paper", "contrastive")
 MODES = ("supervised", "unsupervised")

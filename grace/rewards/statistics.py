@@ -1,6 +1,9 @@
 """Statistics of per-rollout values that the logs and the guards share."""
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import torch
 
 
@@ -25,3 +28,14 @@ def within_group_std(values: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
     mean = torch.zeros_like(count).index_add_(0, index, shifted) / count
     square = torch.zeros_like(count).index_add_(0, index, (shifted - mean[index]) ** 2)
     return (square / count).sqrt().mean()
+
+
+def different_text_mean_cos(embeddings: torch.Tensor, texts: Sequence[str]) -> float:
+    """Mean cosine between the embeddings [R, H] (L2-normalised) of rows whose texts differ; NaN without such pairs."""
+    index = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+    ids = torch.tensor([index[text] for text in texts], device=embeddings.device)
+    different = ids.unsqueeze(0) != ids.unsqueeze(1)
+    if not bool(different.any()):
+        return math.nan
+    e = embeddings.float()
+    return float((e @ e.T)[different].mean())

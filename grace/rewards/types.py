@@ -12,14 +12,16 @@ from typing import Callable
 
 import torch
 
+from grace.model.rows import RationaleRows
+
 
 @dataclass
-class RewardInputs:
+class RewardInputs(RationaleRows):
     """One step's rollouts, as every reward component sees them."""
 
     embeddings: torch.Tensor  # [R, H] float32, L2-normalised pooled embeddings
     group: torch.Tensor  # [R] long, training-example index
-    role: torch.Tensor  # [R] long, grace.rollout.Role: 0 query, 1 positive, 2 negative
+    role: torch.Tensor  # [R] long, grace.generation.rollout.Role: 0 query, 1 positive, 2 negative
     truncated: torch.Tensor  # [R] bool, the rationale hit its length limit without EOS
     rationale_ids: torch.Tensor  # [R, T] long, generated token ids (EOS included); padding where the mask is False
     rationale_mask: torch.Tensor  # [R, T] bool, real rationale tokens
@@ -33,13 +35,6 @@ class RewardInputs:
         if self.decode is None:
             raise ValueError("these reward inputs carry no decode function, so rationales cannot be read as text")
         return [self.decode(row[keep].tolist()) for row, keep in zip(self.rationale_ids, self.rationale_mask)]
-
-    @property
-    def rationale_lengths(self) -> torch.Tensor:  # [R] long, tokens (EOS included)
-        return self.rationale_mask.sum(dim=1)
-
-    def __len__(self) -> int:
-        return self.embeddings.shape[0]
 
 
 @dataclass
