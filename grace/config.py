@@ -62,6 +62,10 @@ class EmbeddingSection:
     system_prompt: str = GRACE_SYSTEM_PROMPT
     pooling: str = "after_system"
     max_prompt_tokens: int = 1024
+    # Who writes rationales: all (every role) | queries (documents, i.e. positives and negatives, are embedded as
+    # plain text, as CRE-T1 / MRE-T1 do, so a corpus indexes at plain-encoder cost). Training, the held-out set and
+    # the saved encoder (hence grace-eval, grace-encode, grace-index) all follow it.
+    rationales: str = "all"
 
 
 @dataclass
@@ -104,9 +108,12 @@ class RewardConfig:
 class AlgorithmConfig:
     estimator: str = "grpo"  # grpo | rloo | reinforce
     scale_by_std: bool = False
+    # sum: baseline the summed reward (today's GRPO) | per_component: GDPO, each reward component baselined and
+    # divided by its own within-group std, then summed weighted by |weight| (grace/objectives/policy_gradient/advantages.py)
+    normalize: str = "sum"
     clip_low: float = 0.2
     clip_high: float = 0.2
-    aggregation: str = "token-mean"  # token-mean | sequence-mean
+    aggregation: str = "token-mean"  # token-mean | sequence-mean | constant (Dr. GRPO: / (max rationale tokens x rationales))
     kl_coef: float = 0.0  # > 0 loads a frozen reference copy of the policy
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
@@ -118,6 +125,11 @@ class AlgorithmConfig:
     # against its detached in-batch partners (grace/objectives/policy_gradient/embedding_loss.py). 0: the plain policy-gradient update.
     embedding_loss_coef: float = 0.0
     embedding_loss_temperature: float = 0.05
+    # Truncated importance sampling against the rollout engine's log-probs (grace/objectives/policy_gradient/
+    # rollout_correction.py): auto (per token when trainer.precision=bf16 or generation.compile=true, else off)
+    # | off | token | sequence. The mismatch itself is logged every step (rollout/logprob_mismatch_*).
+    rollout_correction: str = "auto"
+    rollout_correction_cap: float = 2.0  # C: importance weights are min(pi_train / pi_rollout, C)
 
 
 @dataclass
@@ -232,6 +244,9 @@ class TrainerConfig:
     heldout: HeldOutConfig = field(default_factory=HeldOutConfig)
     keep_best: bool = False  # keep the checkpoint of the best held-out score (saved when it is reached; keep_last spares it)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
+    # Optimizer updates in a row whose loss or gradient was not finite (each skipped, not applied) after which
+    # the run stops with exit status 3, naming its last checkpoint (all of whose weights are finite).
+    max_skipped_updates: int = 3
 
 
 @dataclass
@@ -325,12 +340,25 @@ class ConfigError(ValueError):
     """An impossible combination of settings; the message says which keys to change."""
 
 
+RATIONALE_ROLES = ("all", "queries")  # embedding.rationales
+DOCUMENT_ROLES = ("positive", "negative")
+
+
+def plain_documents(cfg: TrainConfig) -> bool:
+    """embedding.rationales=queries: positives and negatives are embedded as plain text, without a rationale."""
+    return cfg.embedding.rationales == "queries"
+
+
 def role_samples(cfg: TrainConfig, role: str) -> int:
+    if plain_documents(cfg) and role in DOCUMENT_ROLES:
+        return 1  # a plain-text embedding is deterministic: k copies would be the same row
     own = getattr(cfg.rollout, role).num_samples
     return cfg.rollout.num_samples if own is None else own
 
 
 def role_max_new_tokens(cfg: TrainConfig, role: str) -> int:
+    if plain_documents(cfg) and role in DOCUMENT_ROLES:
+        return 0  # no rationale: the rollout pools the prompt alone, as GraceEncoder does with rationale=false
     own = getattr(cfg.rollout, role).max_new_tokens
     return cfg.rollout.max_new_tokens if own is None else own
 
@@ -344,6 +372,8 @@ def trained_roles(cfg: TrainConfig) -> list[str]:
     """Roles that receive policy gradient: positives only in the paper's recipe, every role in ours."""
     if cfg.reward.variant == "paper":
         return ["positive"]
+    if plain_documents(cfg):
+        return ["query"]  # documents write nothing to train
     return rollout_roles(cfg)
 
 

@@ -39,6 +39,7 @@ from grace.cli.shared_arguments import (
     with_overrides,
 )
 from grace.embedding.encoder import ROLES, GraceEncoder
+from grace.storage.integrity import is_disk_full
 from grace.storage.staging import current_umask
 
 MANIFEST = "manifest.json"
@@ -93,17 +94,26 @@ def encode_to_directory(
 
     chunks.mkdir(exist_ok=True)
     _remove_temporaries(output)
-    for number, start in enumerate(range(0, len(records), chunk_size)):
-        chunk = records[start : start + chunk_size]
-        if _chunk_done(chunks, number, len(chunk), job["dim"]):
-            summary.reused.append(number)
-            if progress is not None:
-                progress(len(chunk))
-            continue
-        _encode_chunk(encoder, chunk, role, chunks, number, progress)
-        summary.computed.append(number)
-
-    _assemble(output, len(records), job["dim"], -(-len(records) // chunk_size))
+    try:
+        for number, start in enumerate(range(0, len(records), chunk_size)):
+            chunk = records[start : start + chunk_size]
+            if _chunk_done(chunks, number, len(chunk), job["dim"]):
+                summary.reused.append(number)
+                if progress is not None:
+                    progress(len(chunk))
+                continue
+            _encode_chunk(encoder, chunk, role, chunks, number, progress)
+            summary.computed.append(number)
+        _assemble(output, len(records), job["dim"], -(-len(records) // chunk_size))
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        done = len(summary.computed) + len(summary.reused)  # committed whole (atomic renames): kept for the rerun
+        raise OSError(
+            error.errno,
+            f"no space left on the device while writing to {output} ({error.strerror or error}): the {done} chunks of "
+            f"{chunk_size} texts committed so far are kept; free space and run the same command to continue from them",
+        ) from error
     manifest = json.loads((output / MANIFEST).read_text())
     _write_json(output / MANIFEST, {**manifest, "complete": True})
     shutil.rmtree(chunks)
@@ -123,6 +133,8 @@ def _job(encoder: GraceEncoder, records: Sequence[TextRecord], role: str, chunk_
         "role": role,
         "settings": encoder.config_for(role).to_dict(),
         "fingerprint": encoder.fingerprint,  # the weights, whatever path or name they were loaded by
+        "tokenizer": encoder.tokenizer_fingerprint,  # vocabulary, special tokens, chat template
+        "generation": encoder.generation_fingerprint,  # the stop tokens of generation_config.json
         "dim": encoder.embedding_dim,
     }
 

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--show-doc-rationales", action="store_true", help="also print each hit's stored rationale")
     search.add_argument("--json", action="store_true", help="one JSON object per query instead of text")
+    search.add_argument("--explain", action="store_true", help="for each hit, the tokens that matched most (grace-explain)")
+    search.add_argument("--html", metavar="FILE", help="also write the hits, explained token by token, as one HTML page")
     search.add_argument("--ef-search", type=int, help="hnsw: search breadth (default: the index's)")
     search.add_argument("--nprobe", type=int, help="ivf: clusters scanned per query (default: the index's)")
     return parser
@@ -140,16 +142,37 @@ def _search(args: argparse.Namespace) -> int:
     same_weights = not args.allow_other_weights
     encoder = index.load_encoder(args.model, same_weights=same_weights, **encoder_options(args))
     results = index.search(encoder, args.queries, k=args.k, same_weights=same_weights)
-    for result in results:
+    explained = [_explain_hits(encoder, result) for result in results] if (args.explain or args.html) else [None] * len(results)
+    for result, explanations in zip(results, explained):
         if args.json:
             print(json.dumps(_as_json(result), ensure_ascii=False))
         else:
-            print(format_result(result, show_doc_rationales=args.show_doc_rationales))
+            print(format_result(result, show_doc_rationales=args.show_doc_rationales, explanations=explanations if args.explain else None))
+    if args.html:
+        from grace.explanation.html import PageItem, write_page
+
+        items = [
+            PageItem(explanation, heading=f"{result.query}  ·  hit {hit.rank}: {hit.document.id}", labels=("Query", f"Document {hit.document.id}"))
+            for result, explanations in zip(results, explained) for hit, explanation in zip(result.hits, explanations)
+        ]  # fmt: skip
+        if not items:
+            raise ValueError(f"--html {args.html}: no hits to show")
+        print(f"page: {write_page(args.html, items, title='Why these documents?')}", file=sys.stderr)
     return 0
 
 
-def format_result(result: SearchResult, *, show_doc_rationales: bool = False, width: int = 100) -> str:
-    """A block a person reads: the query, its rationale, then one line per hit (rank, score, id, text)."""
+def _explain_hits(encoder, result: SearchResult) -> list:
+    """One ``SimilarityExplanation`` per hit: the query (query settings) against the hit (document settings).
+    A document cut to the prompt budget at indexing is explained as cut, as it was embedded."""
+    if not result.hits:
+        return []
+    documents = [hit.document.text for hit in result.hits]
+    return encoder.explain_similarity(result.query, documents, role_a="query", role_b="document", top_pairs=3, allow_truncated=True)
+
+
+def format_result(result: SearchResult, *, show_doc_rationales: bool = False, width: int = 100, explanations: list | None = None) -> str:
+    """A block a person reads: the query, its rationale, then one line per hit (rank, score, id, text);
+    with ``explanations`` (one per hit), the tokens of query and hit that added most to their cosine."""
     lines = [f"query: {result.query}"]
     if result.rationale.strip():  # a blank rationale would print a header over nothing
         lines.append("query rationale" + (" (cut at the length limit)" if result.truncated else "") + ":")
@@ -159,7 +182,20 @@ def format_result(result: SearchResult, *, show_doc_rationales: bool = False, wi
         lines.append(f"{hit.rank:>4}  {hit.score:+.4f}  {hit.document.id}  {text}")
         if show_doc_rationales and hit.document.rationale.strip():
             lines.append(textwrap.indent(hit.document.rationale.strip(), "        "))
+        if explanations:
+            lines.append("        " + _matched(explanations[hit.rank - 1]))
     return "\n".join(lines) + "\n"
+
+
+def _matched(explained) -> str:
+    """``matched: query "cats" +0.0123 (input), ...; hit "mat" ...; rationale 42% of the cosine``."""
+    from grace.explanation.terminal import shown
+
+    def strongest(side) -> str:
+        return ", ".join(f'"{shown(side.pieces[i])}" {float(side.contributions[i]):+.4f} ({side.spans[i]})' for i in side.strongest(3))
+
+    share = explained.shares()["rationale"]
+    return f"matched: query {strongest(explained.a)}; hit {strongest(explained.b)}; rationale {100 * share:.0f}% of the cosine"
 
 
 def _as_json(result: SearchResult) -> dict:

@@ -21,9 +21,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories, or sweep directories holding runs")
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: <path>/report for one path, else <common parent>/report)")
     parser.add_argument("--steps", type=int, nargs="+", default=[], help="steps whose sample rationales to show (default: first, middle, last)")
+    parser.add_argument(
+        "--explain-pairs", type=int, default=0, metavar="N",
+        help="explain N fixed held-out pairs at each run's first and last checkpoint (loads both models; default 0: none)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.runs, args.out, sample_steps=args.steps)
+        if args.explain_pairs < 0:
+            raise ValueError(f"--explain-pairs must be >= 0, got {args.explain_pairs}")
+        report = write_report(args.runs, args.out, sample_steps=args.steps, explain_pairs=args.explain_pairs)
     except (ValueError, OSError) as error:
         print(f"grace-report: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -15,9 +15,11 @@ from pathlib import Path
 from grace.data.errors import DataError, DataIssue
 from grace.data.examples import Sentence
 from grace.data.readers import _records, _to_example, _type_name
-from grace.embedding.encoder import GraceEncoder, resolve_model_dir
+from grace.embedding.encoder import GraceEncoder
+from grace.embedding.encoder_files import resolve_model_dir
 from grace.embedding.pipeline import EmbeddingConfig
 from grace.generation.options import GenerationOptions
+from grace.numerics.errors import EXIT_NON_FINITE, NonFiniteError
 from grace.runs.console import quiet_third_party
 
 
@@ -175,9 +177,10 @@ USER_ERRORS = (ValueError, OSError)
 
 
 def report_error(program: str, error: BaseException) -> int:
-    """Print ``program: error: ...`` as one line on stderr (library messages may span several); return 1."""
+    """Print ``program: error: ...`` as one line on stderr (library messages may span several); return the exit
+    status: 3 for a non-finite value (NaN embeddings of a diverged model, ``grace.numerics``), else 1."""
     print(f"{program}: error: {' '.join(str(error).split())}", file=sys.stderr)
-    return 1
+    return EXIT_NON_FINITE if isinstance(error, NonFiniteError) else 1
 
 
 def model_source(source: str) -> str:

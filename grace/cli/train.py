@@ -21,6 +21,7 @@ log to ``train_rank<N>.log``, as Lightning launches its DDP processes. Only rank
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ from grace.data.errors import DataError
 from grace.distributed.launch import launch_time, launched_by_torchrun
 from grace.runs.console import quiet_third_party
 from grace.runs.job_names import job_dirname, job_label, record_job, register_resolver
+from grace.runs.portable_errors import portable
+from grace.runs.search_plugin import register_sweeper
 from grace.runs.sweep_value import register_resolvers
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -72,33 +75,43 @@ def run_job(dict_cfg: DictConfig, program: str) -> float | None:
     # Heavy imports (torch, transformers) after Hydra has parsed the command line: --help and a misspelt
     # key answer without them.
     from grace.distributed.ranks import is_main
+    from grace.distributed.threads import apply_job_threads, launcher_jobs
+    from grace.numerics.errors import NonFiniteError
     from grace.rewards import ComponentError
     from grace.runs.epilogue import Finisher, check_final_eval_tasks
+    from grace.training.preemption import Preempted
     from grace.training.trainer import train
 
     cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
     output_dir, name, group = _job_identity(cfg)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    # Jobs run at once (joblib's n_jobs, torchrun's ranks) split the cores instead of each taking all.
+    threads = apply_job_threads(launcher_jobs(HydraConfig.get().launcher if multirun else None))
+    logging.getLogger(__name__).info("torch threads: %d (%s)", threads.threads, threads.reason)
     finisher = Finisher(cfg, sweeping=multirun, program=program)
     try:
         if multirun and is_main():
             record_job(output_dir, HydraConfig.get())  # the full overrides: the directory name may be cut
         check_final_eval_tasks(cfg)  # an unknown task or unreachable data must not wait for the end of training
         result = train(cfg, output_dir, run_name=name, run_group=group, after_training=finisher.after_training)
+    except (NonFiniteError, Preempted) as error:  # a NaN named where it appeared; a signal, after a checkpoint
+        return _stopped(program, error, multirun, finisher)
     except (ConfigError, ComponentError, DataError, OSError) as error:  # a reward component's bad output: at the first step
         kind = "invalid configuration: " if isinstance(error, (ConfigError, ComponentError)) else ""
         message = " ".join(str(error).split())  # one line: transformers' messages span several
         if multirun:
             job = HydraConfig.get().job  # named by its overrides in full: the run name may be cut
             print(f"{program}: job {job.num} ({job.override_dirname}) failed: {kind}{message}", file=sys.stderr)
-            raise
+            raise portable(error)  # joblib and submitit pickle it back to the sweep
         print(f"{program}: {kind}{message}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception:
+    except Exception as error:
         # A run that went NaN and then crashed (e.g. sampling from NaN logits) is a bad trial, not a broken
         # sweep: the sweeper gets the worst value. Any other error is a bug and fails the job.
         value = finisher.diverged_value(output_dir) if multirun else None
         if value is None:
+            if multirun:
+                raise portable(error)  # an error that cannot be pickled would break a joblib pool's other jobs
             raise
         job = HydraConfig.get().job.num
         print(f"{program}: job {job} ({name}) diverged ({finisher.divergence}), then failed; sweep value {value}", file=sys.stderr)
@@ -107,6 +120,29 @@ def run_job(dict_cfg: DictConfig, program: str) -> float | None:
         return None
     print(finisher.summary(finisher.report(result.output_dir)))
     return finisher.value
+
+
+def _stopped(program: str, error: Exception, multirun: bool, finisher) -> float:
+    """A run stopped by a non-finite value (exit status 3) or a preemption signal (75, after its checkpoint).
+
+    Under a sweep a non-finite run is a bad trial, not a broken search: the sweeper gets the worst value
+    (``sweep.diverged_value``); a preempted job fails (its requeue, or the same command, continues it)."""
+    from grace.runs.sweep_value import worst_value
+    from grace.training.nonfinite import EXIT_DIVERGED
+    from grace.training.preemption import EXIT_PREEMPTED, Preempted
+
+    preempted = isinstance(error, Preempted)
+    message = f"{'preempted' if preempted else 'non-finite value'}: {' '.join(str(error).split())}"
+    if not multirun:
+        print(f"{program}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED if preempted else EXIT_DIVERGED) from None
+    job = HydraConfig.get().job
+    if preempted:
+        print(f"{program}: job {job.num} ({job.override_dirname}) {message}", file=sys.stderr)
+        raise error
+    value = worst_value(finisher.cfg.sweep.direction, finisher.cfg.sweep.diverged_value)
+    print(f"{program}: job {job.num} ({job.override_dirname}) stopped on a {message}; sweep value {value}", file=sys.stderr)
+    return value
 
 
 def join_ranks() -> None:
@@ -125,6 +161,7 @@ def join_ranks() -> None:
 
 def main() -> None:
     join_ranks()
+    register_sweeper()  # hparams_search=grace_optuna's sweeper (grace/runs/search_plugin.py)
     _main()
 
 

@@ -36,7 +36,13 @@ class DataError(ValueError):
 
     def __init__(self, issue: DataIssue, hint: str | None = SKIP_HINT):
         self.issue = issue
+        self.hint = hint
         message = issue.describe()
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+    def __reduce__(self):
+        # Pickle rebuilds an exception as cls(*args), and args is the message: rebuild from the issue instead,
+        # or a joblib or submitit job's error cannot be read back in the parent (tests/data/test_errors_pickle.py).
+        return (type(self), (self.issue, self.hint))

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from grace.config import LoraSection
+from grace.config import ConfigError, LoraSection
 from grace.distributed.parallel import Parallel, materialise, meta_copy
 
 ADAPTER_DIR = "adapter"  # a checkpoint's LoRA adapter, in peft's format, beside the merged weights
@@ -60,6 +60,49 @@ def lora_config(settings: LoraSection):
     )
 
 
+# The usual names of the modules that tie the output head to the input embeddings (Llama, Qwen2, SmolLM2).
+TIED_NAMES = ("lm_head", "embed_tokens")
+UNTIED_TARGETS = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or [all-linear], which leaves the head out"
+
+
+def tied_modules(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Module name -> the other modules holding one of its parameters (the same tensor object), for every
+    module that shares one: ``{"lm_head": ["model.embed_tokens"], "model.embed_tokens": ["lm_head"]}`` for a
+    model with tied word embeddings (``tie_word_embeddings``)."""
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for parameter in module.parameters(recurse=False):
+            holders.setdefault(id(parameter), []).append(name)
+    shared: dict[str, list[str]] = {}
+    for names in holders.values():
+        unique = list(dict.fromkeys(names))
+        for name in unique if len(unique) > 1 else ():
+            partners = shared.setdefault(name, [])
+            partners.extend(n for n in unique if n != name and n not in partners)
+    return shared
+
+
+def tied_target_error(targets: list[str], module: str, partners: list[str]) -> ConfigError:
+    """The refusal of an adapter on a module whose weight is tied to another's (why, and what to target)."""
+    return ConfigError(
+        f"model.lora.target_modules={targets}: {module!r} shares its weight with {', '.join(map(repr, partners))} (tied word "
+        "embeddings, as in SmolLM2, Qwen2.5-1.5B and Llama-3.2-3B). An adapter there would train one tensor under two "
+        "names: peft cannot save, merge or export it (KeyError: attribute 'weight' already exists) and a merged head would "
+        f"change the input embeddings too. Target the transformer layers instead: {UNTIED_TARGETS}"
+    )
+
+
+def refuse_tied_targets(model: torch.nn.Module, config, targets: list[str]) -> None:
+    """Raise ``tied_target_error`` (a ``ConfigError``) when peft's ``config`` would put an adapter on a module
+    of ``model`` that shares its weight with another (peft's own name matching decides, so lists, suffixes
+    and regular expressions are all covered)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    for name, partners in sorted(tied_modules(model).items()):
+        if name and check_target_module_exists(config, name):
+            raise tied_target_error(targets, name, partners)
+
+
 class Lora:
     """The adapters of one trained model."""
 
@@ -67,6 +110,7 @@ class Lora:
         from peft import get_peft_model
 
         self.config, self.base = lora_config(settings), base
+        refuse_tied_targets(model, self.config, list(settings.target_modules))  # before peft changes the model
         self.peft = get_peft_model(model, copy.deepcopy(self.config))  # injects into `model`, freezes its weights
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"model.lora.target_modules={list(settings.target_modules)} matched no layer of {type(model).__name__}")

@@ -1,6 +1,8 @@
 """An on-disk cache of embeddings and their rationales, keyed by everything that decides them.
 
-Key = hash(EMBED_VERSION, weights fingerprint, tokenizer fingerprint, canonical embedding config, text).
+Key = hash(EMBED_VERSION, weights fingerprint, tokenizer fingerprint (vocabulary, special tokens, chat
+template), generation fingerprint (the stop tokens the model directory's generation_config.json adds),
+canonical embedding config, text).
 The config is canonicalised first (``canonical_config``), so settings that cannot change an embedding
 never split the cache. mteb's STS tasks repeat the same documents many times and a rebuilt index
 re-embeds the same corpus: with the cache a repeated text or a re-run costs a lookup, not a generation.
@@ -64,12 +66,14 @@ class EmbeddingCache:
         return hashlib.sha256(f"{namespace}\x00{text}".encode()).hexdigest()
 
     @staticmethod
-    def namespace(fingerprint: str, tokenizer_fingerprint: str, config: EmbeddingConfig) -> str:
-        """Everything but the text that decides an entry: embed version, weights, tokenizer, settings."""
+    def namespace(fingerprint: str, tokenizer_fingerprint: str, config: EmbeddingConfig, generation_fingerprint: str) -> str:
+        """Everything but the text that decides an entry: embed version, weights, tokenizer, the model's
+        generation settings (``grace.embedding.encoder.generation_fingerprint``), embedding settings."""
         decided_by = {
             "embed_version": EMBED_VERSION,
             "weights": fingerprint,
             "tokenizer": tokenizer_fingerprint,
+            "generation": generation_fingerprint,
             "settings": canonical_config(config).to_dict(),
         }
         return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()

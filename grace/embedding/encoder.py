@@ -13,8 +13,6 @@ encoding and indexing embed a text the same way. Every path goes through ``grace
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -25,17 +23,31 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grace.embedding.cache import CachedEmbedding, EmbeddingCache, canonical_config
+from grace.embedding.encoder_files import (  # noqa: F401  (ENCODER_CONFIG_FILE ... importable from here, as before)
+    ENCODER_CONFIG_FILE,
+    FORMAT_VERSION,
+    dtype_name,
+    generation_fingerprint,
+    model_fingerprint,
+    read_encoder_settings,
+    resolve_model_dir,
+    save_encoder,
+    tokenizer_fingerprint,
+    write_encoder_files,
+)
 from grace.embedding.pipeline import Decoding, EmbeddingConfig, embed
 from grace.embedding.texts import Texts, check_not_empty, text_batch
 from grace.generation.options import GenerationOptions
 from grace.model.loading import cache_dir, count_parameters, load_policy
 from grace.model.prompts import PromptTemplate
-from grace.model.sources import resolve_source
-from grace.storage.staging import check_replaceable, staged_directory
+from grace.numerics.finite import NonFiniteError, first_nonfinite_tensors, nonfinite_rows
+from grace.storage.integrity import require_whole
 
-ENCODER_CONFIG_FILE = "grace_encoder.json"
-# 2: records the dtype, and the fingerprint hashes shapes too (a version-1 fingerprint is not comparable).
-FORMAT_VERSION = 2
+
+class NonFiniteEmbedding(NonFiniteError):
+    """An encoder produced a NaN or infinite embedding; the message names the texts and the model."""
+
+
 ROLES = ("document", "query")
 
 logger = logging.getLogger(__name__)
@@ -105,6 +117,8 @@ class GraceEncoder:
         ``True`` for the default embedding cache (under ``$GRACE_CACHE``), or a path to an SQLite file.
         """
         location = resolve_model_dir(source)
+        if location is not None and location.is_dir():  # a copy cut short must not load as a model of zeros
+            require_whole(location, "the model directory")
         saved = read_encoder_settings(location) if location is not None and location.is_dir() else {}
         model, tokenizer = load_policy(
             str(location) if location is not None else str(source),
@@ -151,6 +165,15 @@ class GraceEncoder:
         """The rationale the model writes for each text: what its embedding is made of (one str for one str)."""
         return self.encode_with_rationales(texts, role=role, **overrides).rationales
 
+    def explain_similarity(self, a: str, b: Texts, *, role_a: str = "document", role_b: str = "document", top_pairs: int = 0,
+                           allow_truncated: bool = False, **overrides):  # fmt: skip
+        """Why ``a`` and ``b`` (one text, or several: a list of explanations) are as close as they are: the cosine
+        split exactly over each side's pooled tokens (``grace.embedding.attribution.SimilarityExplanation``), from
+        the generation ``encode`` runs with each role's settings. Errors: ``grace.embedding.token_states.explain_similarity``."""
+        from grace.embedding.token_states import explain_similarity
+
+        return explain_similarity(self, a, b, role_a=role_a, role_b=role_b, top_pairs=top_pairs, allow_truncated=allow_truncated, **overrides)
+
     def encode_with_rationales(
         self,
         texts: Texts,
@@ -171,7 +194,7 @@ class GraceEncoder:
         found: dict[str, CachedEmbedding] = {}
         keys: dict[str, str] = {}
         if self.cache is not None:
-            namespace = EmbeddingCache.namespace(self.fingerprint, self.tokenizer_fingerprint, config)
+            namespace = EmbeddingCache.namespace(self.fingerprint, self.tokenizer_fingerprint, config, self.generation_fingerprint)
             keys = {text: EmbeddingCache.key(namespace, text) for text in unique}
             by_key = self.cache.get_many(list(keys.values()))
             found = {text: by_key[key] for text, key in keys.items() if key in by_key}
@@ -189,6 +212,7 @@ class GraceEncoder:
                 progress=progress,
                 options=self.generation,
             )
+            self._check_finite(out.embeddings, missing)  # before the cache: a NaN vector is never stored nor served
             computed = {
                 text: CachedEmbedding(out.embeddings[i].numpy(), out.rationales[i], bool(out.truncated[i]))
                 for i, text in enumerate(missing)
@@ -205,6 +229,23 @@ class GraceEncoder:
             embeddings=np.stack([found[t].embedding for t in texts]).astype(np.float32),
             rationales=[found[t].rationale for t in texts],
             truncated=np.array([found[t].truncated for t in texts], dtype=bool),
+        )
+
+    def _check_finite(self, embeddings: torch.Tensor, texts: list[str]) -> None:
+        """Raise ``NonFiniteEmbedding`` naming the texts and the model if a row of ``embeddings`` [N, H] is not finite:
+        a NaN vector is similar to nothing, so an index of them answers every search with no hits, silently."""
+        rows = nonfinite_rows(embeddings)
+        if not rows:
+            return
+        shown = ", ".join(repr(texts[i] if len(texts[i]) <= 60 else texts[i][:57] + "...") for i in rows[:3])
+        more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+        broken, count = first_nonfinite_tensors(self.model.named_parameters())
+        cause = f"{count} of its weight tensors are not finite (first {broken}): a diverged training run's weights" if count else (
+            "its weights are finite, so the forward pass overflowed (try model dtype float32)"
+        )
+        raise NonFiniteEmbedding(
+            f"encoder {self.name!r} gave NaN or infinite embeddings for {len(rows)} of {len(texts)} texts ({shown}{more}); "
+            f"{cause}. Nothing was returned or cached"
         )
 
     def config_for(self, role: str, **overrides) -> EmbeddingConfig:
@@ -249,6 +290,12 @@ class GraceEncoder:
         return self._tokenizer_fingerprint
 
     @property
+    def generation_fingerprint(self) -> str:
+        """A hash of the generation settings the model carries (see ``generation_fingerprint``); computed at
+        every call, because it is cheap and ``model.generation_config`` can be changed in place."""
+        return generation_fingerprint(self.model, self.tokenizer)
+
+    @property
     def dtype(self) -> str:
         """The weights' dtype as ``from_pretrained`` takes it: "float32", "bfloat16", ..."""
         return dtype_name(self.model)
@@ -279,115 +326,3 @@ def _check_setting_names(given: dict, valid: frozenset[str], what: str) -> None:
     unknown = sorted(given.keys() - valid)
     if unknown:
         raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}: valid keys are {', '.join(sorted(valid))}")
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer: name, dtype, shape and bytes (the shape too, because a [2, 3]
-    and a [3, 2] tensor can hold the same bytes)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}\x00{tensor.dtype}\x00{tuple(tensor.shape)}\x00".encode())
-        # reshape(-1) first: a 0-dim tensor (a scalar buffer) cannot be viewed as bytes directly.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Hash of what in a tokenizer decides an embedding besides the weights: the chat template (it renders
-    the prompt), the special tokens and their ids (padding, EOS, the span boundaries) and the vocabulary
-    size. Saving and reloading a tokenizer keeps it."""
-    special = {name: str(token) for name, token in tokenizer.special_tokens_map.items()}
-    described = {
-        "chat_template": tokenizer.chat_template,
-        "special_tokens": special,
-        "special_ids": {token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens},
-        "vocab_size": len(tokenizer),
-    }
-    return hashlib.blake2b(json.dumps(described, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
-
-
-def dtype_name(model: torch.nn.Module) -> str:
-    return str(next(model.parameters()).dtype).removeprefix("torch.")
-
-
-def resolve_model_dir(source: str | Path) -> Path | None:
-    """The local model ``source`` names: a model directory (for a training run, its newest checkpoint) or a
-    .gguf file (also when ``source`` is a directory holding one); None for a packaged name, ``tiny-random``
-    or a hub id. Raises ``grace.model.sources.ModelSourceError`` for a path that is no model source."""
-    resolved = resolve_source(source)
-    return resolved.path if resolved.local else None
-
-
-def read_encoder_settings(directory: Path) -> dict:
-    """The settings of a saved encoder, or {} when ``directory`` has none:
-    ``{"document": EmbeddingConfig, "query": EmbeddingConfig, "name": str | None, "fingerprint": str | None,
-    "dtype": str | None}`` (fingerprint and dtype: None when written by a version-1 grace)."""
-    path = directory / ENCODER_CONFIG_FILE
-    if not path.is_file():
-        return {}
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        version = raw.get("format_version")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-        raise ValueError(f"{path}: not a valid GRACE encoder config ({error})") from error
-    if isinstance(version, int) and version > FORMAT_VERSION:  # refused before anything is read wrongly
-        raise ValueError(
-            f"{path} was written by a newer grace (format version {version}; this one reads up to "
-            f"{FORMAT_VERSION}): upgrade grace to load this encoder"
-        )
-    try:
-        if version not in range(1, FORMAT_VERSION + 1):
-            raise ValueError(f"unknown format_version {version!r}")
-        return {
-            "document": EmbeddingConfig.from_dict(raw["document"]),
-            "query": EmbeddingConfig.from_dict(raw["query"]),
-            "name": raw.get("name"),
-            "fingerprint": raw.get("fingerprint") if version >= 2 else None,
-            "dtype": raw.get("dtype"),
-        }
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ValueError(f"{path}: not a valid GRACE encoder config ({error})") from error
-
-
-def save_encoder(
-    directory: str | Path,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    document: EmbeddingConfig,
-    query: EmbeddingConfig | None = None,
-    name: str = "grace",
-) -> Path:
-    """Weights (safetensors), tokenizer and ``grace_encoder.json`` in ``directory``.
-
-    ``directory`` must be missing, empty, or a saved encoder (which is replaced): anything else may be a
-    training run or the user's files, and is refused rather than wiped. The files are written to a
-    staging directory and swapped into place (``staged_directory``), so an interrupted save never leaves
-    a half-written encoder, and the previous one stays readable until the new one is complete.
-    """
-    target = Path(directory)
-    check_replaceable(target, marker=ENCODER_CONFIG_FILE, what="a saved GRACE encoder")
-    with staged_directory(target) as staging:
-        write_encoder_files(staging, model, tokenizer, document, query, name)
-    return target
-
-
-def write_encoder_files(
-    directory: Path,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    document: EmbeddingConfig,
-    query: EmbeddingConfig | None,
-    name: str,
-) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    settings = {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "dtype": dtype_name(model),
-        "fingerprint": model_fingerprint(model),
-        "document": document.to_dict(),
-        "query": (query or document).to_dict(),
-    }
-    (directory / ENCODER_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")

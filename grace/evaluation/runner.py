@@ -240,4 +240,5 @@ def _row(label: str, encoder: AbsEncoder, result: ModelResult, load: float, elap
 def _settings_record(grace: GraceMtebEncoder) -> dict:
     """What results.json keeps of a row's embedding settings: both roles and their hash."""
     configs = grace.configs
-    return {"settings_hash": settings_hash(configs, grace.encoder.tokenizer_fingerprint), **{r: c.to_dict() for r, c in configs.items()}}
+    hashed = settings_hash(configs, grace.encoder.tokenizer_fingerprint, grace.encoder.generation_fingerprint)
+    return {"settings_hash": hashed, **{r: c.to_dict() for r, c in configs.items()}}

@@ -125,7 +125,7 @@ def rollout(
         top_p=torch.tensor([s.top_p for _, s in rows], dtype=torch.float32),
         max_new_tokens=torch.tensor([s.max_new_tokens for _, s in rows]),
         seeds=seeds,
-        eos_ids=_eos_ids(model, tokenizer),
+        eos_ids=stop_token_ids(model, tokenizer),
         pad_id=tokenizer.pad_token_id,
     )
     prompts = [render_prompt(tokenizer, request.text, template, max_prompt_tokens) for request, _ in rows]
@@ -185,8 +185,10 @@ def _fixed_batches(
     return merged.take(inverse.to(merged.sequence_ids.device))
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every token that ends a turn: the tokenizer's EOS plus the generation config's (Llama 3 has several)."""
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a turn, sorted: the tokenizer's EOS plus the generation config's
+    (``generation_config.json``'s ``eos_token_id``, one id or a list: Llama 3 has several). Embedding caches
+    and revisions hash this list (``grace.embedding.encoder.generation_fingerprint``)."""
     ids = {tokenizer.eos_token_id}
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])

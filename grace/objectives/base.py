@@ -59,6 +59,7 @@ class StepResult:
     metrics: dict[str, float]  # "group/name" -> value, one line of metrics.jsonl
     updates: int  # optimizer updates taken (each advanced the schedule once)
     rationales: list[dict[str, Any]] = field(default_factory=list)  # sample rollouts for rationales.jsonl, if any
+    skipped_updates: int = 0  # updates not applied because their loss or gradient was not finite (apply_update)
 
 
 class Objective(ABC):
@@ -78,6 +79,12 @@ class Objective(ABC):
     @abstractmethod
     def embedding(self) -> EmbeddingConfig:
         """How the trained weights embed a text; saved beside every checkpoint (``grace_encoder.json``)."""
+
+    @property
+    def query_embedding(self) -> EmbeddingConfig | None:
+        """How the trained weights embed a query when that differs from ``embedding`` (e.g. embedding.rationales=
+        queries: documents as plain text, queries with a rationale); None: as ``embedding``."""
+        return None
 
     @abstractmethod
     def updates_per_step(self) -> int:

@@ -1,4 +1,5 @@
-"""The optimizer side shared by every objective: learning-rate schedule, one clipped optimizer update.
+"""The optimizer side shared by every objective: learning-rate schedule, one clipped optimizer update that
+is skipped when its loss or gradient is not finite.
 
 The schedule counts optimizer updates, not steps: a GRACE step takes ``ppo_epochs x mini-batches``
 updates, a contrastive step one per mini-batch; each objective says how many (``updates_per_step``).
@@ -6,10 +7,13 @@ updates, a contrastive step one per mini-batch; each objective says how many (``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from grace.config import TrainConfig
+from grace.distributed.ranks import max_over_ranks
+from grace.numerics.finite import NonFiniteError, first_nonfinite_tensors
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_step: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -28,16 +32,55 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_p
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, grad_clip: float) -> float:
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """What one optimizer update did."""
+
+    grad_norm: float  # global L2 norm of the gradients before clipping; NaN or inf when the update was skipped
+    applied: bool  # False: the loss or the gradient was not finite, and the weights were left as they were
+
+
+class NonFiniteWeights(NonFiniteError):
+    """An update with finite gradients left NaN or infinite weights (an overflow, e.g. a learning rate far
+    too large); the message names the tensors."""
+
+
+def apply_update(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, grad_clip: float, loss: float | None = None
+) -> UpdateOutcome:
     """Clip the accumulated gradients to ``grad_clip`` (global L2 norm), step the optimizer and the schedule.
 
-    Returns the norm before clipping. With no gradients at all (an update whose rows were all skipped)
-    AdamW's step is a no-op, but the schedule still advances: it counts update slots, not non-empty updates.
+    A non-finite ``loss`` (the update's summed loss, when the caller has it) or gradient norm skips the
+    optimizer step: clipping would spread the NaN to every gradient and AdamW to every weight and moment
+    (PyTorch's ``clip_grad_norm_`` does not stop on it; ``GradScaler`` skips such steps the same way in mixed
+    precision). Every rank agrees on the skip, so the replicas stay equal. The schedule still advances: it
+    counts update slots, as with an update whose rows were all skipped (no gradients at all: AdamW's step is a
+    no-op). Weights that come out of an applied update non-finite raise ``NonFiniteWeights``.
     """
+    # Clipped first, as before: with a non-finite norm the clip spreads it to every gradient, which are then dropped.
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    finite = math.isfinite(grad_norm) and (loss is None or math.isfinite(loss))
+    if bool(max_over_ranks(float(not finite))):  # one rank's NaN loss is every rank's skip
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return UpdateOutcome(grad_norm if not finite else math.nan, applied=False)
     optimizer.step()
     scheduler.step()
-    return grad_norm
+    check_weights(model)
+    return UpdateOutcome(grad_norm, applied=True)
+
+
+def check_weights(model: torch.nn.Module) -> None:
+    """Raise ``NonFiniteWeights`` naming the first tensors if any parameter holds NaN or an infinity (on any rank:
+    under FSDP each rank reads its own shard, ``to_local``)."""
+    named = ((name, p.to_local() if hasattr(p, "to_local") else p) for name, p in model.named_parameters() if p.requires_grad)
+    names, count = first_nonfinite_tensors(named)
+    if bool(max_over_ranks(float(count))):
+        where = f"{count} tensors, first {names}" if count else "tensors of another rank's shard"
+        raise NonFiniteWeights(
+            f"the weights are not finite after an optimizer update with finite gradients ({where}): an overflow, "
+            "e.g. a learning rate far too large (trainer.lr) or float16 weights (model.dtype)"
+        )
 
 
 def mean_learning_rate(scheduler: torch.optim.lr_scheduler.LambdaLR, first_update: int, count: int) -> float:

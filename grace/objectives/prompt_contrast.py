@@ -23,6 +23,7 @@ one-process gradient (``grace.distributed.parallel``).
 """
 from __future__ import annotations
 
+import math
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -87,13 +88,14 @@ class ContrastStats:
     negative_cos: float  # mean cos(anchor, other candidates)
     mean_cos: float  # mean cosine between distinct rows' embeddings: near 1 = collapse
     grad_norm: float
+    applied: bool = True  # False: the loss or gradient was not finite and the update was skipped
 
 
 def contrast_update(context: TrainContext, problem: ContrastProblem, optimizer, scheduler) -> ContrastStats:
     """One optimizer update of the mean InfoNCE loss of ``problem``."""
     optimizer.zero_grad(set_to_none=True)
     out, loss, embeddings = contrast_backward(context, problem)
-    grad_norm = apply_update(context.parallel.module, optimizer, scheduler, context.cfg.trainer.grad_clip)
+    outcome = apply_update(context.parallel.module, optimizer, scheduler, context.cfg.trainer.grad_clip, loss=float(loss))
     rows = len(embeddings)
     mean_cos = (float((embeddings @ embeddings.T).sum()) - float((embeddings * embeddings).sum())) / max(rows * (rows - 1), 1)
     return ContrastStats(
@@ -102,7 +104,8 @@ def contrast_update(context: TrainContext, problem: ContrastProblem, optimizer, 
         positive_cos=float(out.positive_cos.mean()),
         negative_cos=float(out.negative_cos.mean()),
         mean_cos=mean_cos,
-        grad_norm=grad_norm,
+        grad_norm=outcome.grad_norm,
+        applied=outcome.applied,
     )
 
 
@@ -220,7 +223,8 @@ class PromptContrast(Objective):
             rows += len(problem.prompts)
             tokens += sum(len(p.ids) for p in problem.prompts)
             truncated += sum(p.input_truncated for p in problem.prompts)
-        mean = lambda name: sum(getattr(s, name) for s in stats) / len(stats)  # noqa: E731
+        applied = [s for s in stats if s.applied]  # a skipped update's numbers describe no update
+        mean = lambda name: sum(getattr(s, name) for s in applied) / len(applied) if applied else math.nan  # noqa: E731
         metrics = {
             "loss/infonce": mean("loss"),
             "infonce/accuracy": mean("accuracy"),
@@ -233,4 +237,4 @@ class PromptContrast(Objective):
             "embedding/input_truncation_rate": truncated / max(rows, 1),
             "time/prompt_tokens_per_second": tokens / max(time.perf_counter() - started, 1e-9),
         }
-        return StepResult(metrics=metrics, updates=len(stats))
+        return StepResult(metrics=metrics, updates=len(stats), skipped_updates=len(stats) - len(applied))

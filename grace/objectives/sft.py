@@ -40,11 +40,12 @@ class SupervisedFineTuning(Objective):
         mine = local_examples(len(examples), per_update)  # this rank's share of every update (all of it in one process)
         share = per_update // world().size  # examples of one update on this rank
         context.model.train()
-        nll, tokens, correct, grad_norms, updates = 0.0, 0, 0, 0.0, 0
+        nll, tokens, correct, grad_norms, updates, skipped = 0.0, 0, 0, 0.0, 0, 0
         for start in range(0, len(mine), share):
             update = [examples[i] for i in mine[start : start + share]]
             batch = demonstration_batch(context.tokenizer, context.template, update, cfg.embedding.max_prompt_tokens)
             update_tokens = int(sum_over_ranks(batch.rationale_mask.sum()))  # over every rank's share: the global mean
+            nll_before, correct_before = nll, correct
             optimizer.zero_grad(set_to_none=True)
             # Each micro-batch's sum is divided by the update's token count: the gradients add up to the token mean.
             for rows, real in parallel.micro_batches(batch.group, cfg.trainer.micro_batch_size):
@@ -54,17 +55,22 @@ class SupervisedFineTuning(Objective):
                 if real:
                     nll, correct = nll + float(out.nll_sum.detach()), correct + out.correct
             tokens += update_tokens
-            grad_norms += apply_update(parallel.module, optimizer, scheduler, cfg.trainer.grad_clip)
+            outcome = apply_update(parallel.module, optimizer, scheduler, cfg.trainer.grad_clip, loss=nll - nll_before)
             updates += 1
+            if outcome.applied:
+                grad_norms += outcome.grad_norm
+            else:  # its numbers stay out of the logged means: they describe no update
+                nll, correct, tokens, skipped = nll_before, correct_before, tokens - update_tokens, skipped + 1
         summed = reduce_sums({"nll": nll, "correct": correct})
         nll, correct = summed["nll"], summed["correct"]
         context.model.eval()
-        loss = nll / tokens
+        applied = updates - skipped
+        loss = nll / tokens if applied else math.nan  # over the applied updates' tokens
         metrics = {
             "loss/sft": loss,  # token-mean NLL of the step's rationale tokens
-            "sft/perplexity": math.exp(min(loss, 50.0)),
-            "sft/token_accuracy": correct / tokens,  # rationale tokens that were the model's most likely next token
+            "sft/perplexity": math.exp(min(loss, 50.0)) if applied else math.nan,
+            "sft/token_accuracy": correct / tokens if applied else math.nan,  # rationale tokens that were the model's most likely next token
             "sft/rationale_tokens_mean": tokens / len(examples),
-            "optim/grad_norm": grad_norms / updates,
+            "optim/grad_norm": grad_norms / applied if applied else math.nan,
         }
-        return StepResult(metrics=metrics, updates=updates)
+        return StepResult(metrics=metrics, updates=updates, skipped_updates=skipped)

@@ -75,6 +75,8 @@ def build_index(
         encoder_source=source or encoder.name,
         encoder_name=encoder.name,
         fingerprint=encoder.fingerprint,
+        tokenizer_fingerprint=encoder.tokenizer_fingerprint,
+        generation_fingerprint=encoder.generation_fingerprint,
         dtype=encoder.dtype,
         device=encoder.device,
         document=encoder.config_for("document"),

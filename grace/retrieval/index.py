@@ -165,6 +165,27 @@ class RetrievalIndex:
                 f"comparable. Search with the encoder that built the index, rebuild the index, or pass "
                 f"--allow-other-weights (same_weights=False) if you know what you are doing"
             )
+        if same_weights:
+            self._check_recorded(encoder)
+
+    def _check_recorded(self, encoder: GraceEncoder) -> None:
+        """The same weights with another tokenizer (vocabulary, special tokens, chat template) or other stop
+        tokens (generation_config.json) write other rationales: refused like other weights. Indexes written
+        before these were recorded are not checked."""
+        recorded = {
+            "tokenizer or chat template": (self.manifest.tokenizer_fingerprint, encoder.tokenizer_fingerprint),
+            "generation settings (stop tokens, generation_config.json)": (
+                self.manifest.generation_fingerprint, encoder.generation_fingerprint,
+            ),
+        }
+        for what, (built, given) in recorded.items():
+            if built is not None and built != given:
+                raise EncoderMismatchError(
+                    f"the index {self.directory} was built by {self.manifest.built_by} with another {what} ({built}) "
+                    f"than encoder {encoder.name} has ({given}): its queries would not embed as the documents did. "
+                    f"Search with the encoder that built the index, or rebuild the index with this one "
+                    f"(--allow-other-weights, same_weights=False, skips this check)"
+                )
 
     def search(
         self,

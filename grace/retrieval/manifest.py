@@ -56,6 +56,10 @@ class IndexManifest:
     document: EmbeddingConfig
     query: EmbeddingConfig
     corpus: dict[str, Any]  # provenance: where the documents were read from (free-form)
+    # What else decides an embedding (grace.embedding.encoder): the tokenizer with its chat template, and the
+    # stop tokens of the model's generation_config.json. None in manifests written before they were recorded.
+    tokenizer_fingerprint: str | None = None
+    generation_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +74,8 @@ class IndexManifest:
                 "fingerprint": self.fingerprint,
                 "dtype": self.dtype,
                 "device": self.device,
+                "tokenizer": self.tokenizer_fingerprint,
+                "generation": self.generation_fingerprint,
             },
             "document": self.document.to_dict(),
             "query": self.query.to_dict(),
@@ -99,6 +105,8 @@ class IndexManifest:
             document=EmbeddingConfig.from_dict(raw["document"]),
             query=EmbeddingConfig.from_dict(raw["query"]),
             corpus=dict(raw.get("corpus") or {}),
+            tokenizer_fingerprint=encoder.get("tokenizer"),
+            generation_fingerprint=encoder.get("generation"),
         )
 
     @property

@@ -9,13 +9,13 @@ variant with its own truncation rule), ``length`` (tokens beyond a budget), ``tr
 EOS), ``degenerate`` (repeated n-grams, near-empty text, a copy of the input); any other function by its
 dotted path. ``types`` holds the containers, ``statistics`` the within-group spread the logs show.
 """
-from grace.rewards.compose import BUILTINS, Component, ComponentError, Ramp, RewardFunction, build_component
+from grace.rewards.compose import BUILTINS, Component, ComponentError, NonFiniteReward, Ramp, RewardFunction, build_component
 from grace.rewards.grace_terms import MODES, PAPER_TRUNCATION_REWARD, VARIANTS, compute_rewards, trained_rows
 from grace.rewards.statistics import within_group_std
 from grace.rewards.types import ComponentValue, RewardBreakdown, RewardInputs
 
 __all__ = [
     "BUILTINS", "MODES", "PAPER_TRUNCATION_REWARD", "VARIANTS", "Component", "ComponentError", "ComponentValue",
-    "Ramp", "RewardBreakdown", "RewardFunction", "RewardInputs", "build_component", "compute_rewards",
+    "NonFiniteReward", "Ramp", "RewardBreakdown", "RewardFunction", "RewardInputs", "build_component", "compute_rewards",
     "trained_rows", "within_group_std",
 ]  # fmt: skip

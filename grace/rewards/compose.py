@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from grace.data.roles import Role
+from grace.numerics.finite import NonFiniteError, describe_values, nonfinite_rows
 from grace.rewards.grace_terms import trained_rows
 from grace.rewards.types import ComponentValue, RewardBreakdown, RewardInputs
 
@@ -45,6 +47,11 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 class ComponentError(ValueError):
     """A reward component that cannot be built or returned something unusable; the message names it."""
+
+
+class NonFiniteReward(ComponentError, NonFiniteError):
+    """A reward component returned NaN or an infinity: named with the rollouts and the step (it would spread
+    to the whole group's advantages, and through the loss to every weight)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,23 @@ class Component:
                     f"returns one value per rollout, shape [{rows}]"
                 )
             checked[name] = tensor
+            if rows_bad := nonfinite_rows(tensor):
+                raise NonFiniteReward(self._nonfinite_message(what, tensor, rows_bad, inputs))
         return ComponentValue(checked.pop(self.name), checked)
+
+    def _nonfinite_message(self, what: str, values: torch.Tensor, rows: list[int], inputs: RewardInputs) -> str:
+        """Which component, which rollouts (row, example, role, text) and which step: a judge that failed on one
+        rollout is found from the message alone."""
+        first = rows[0]
+        role = Role(int(inputs.role[first])).name.lower()
+        text = inputs.texts[first] if first < len(inputs.texts) else ""
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return (
+            f"reward component {self.name!r} ({self.target}){what} returned non-finite values at step {inputs.step} for "
+            f"{len(rows)} of {len(inputs)} rollouts: {describe_values(values, rows)}; the first is rollout {first} of "
+            f"example {int(inputs.group[first])}, role {role}, text {text!r}. A component returns finite numbers: make it "
+            "return a finite penalty (or raise) where it cannot score a rollout"
+        )
 
 
 def locate(path: str) -> Any:

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 from grace.config import TrainConfig
 from grace.runs.console import RunSummary
 from grace.runs.sweep_value import Divergence, MetricNotFound, find_divergence, resolve_metric, sweep_value, worst_value
-from grace.training.run_logger import read_metrics
 from grace.training.guards import BEST_FILE
-from grace.training.run_logger import METRICS_FILE, RunLogger
+from grace.training.run_logger import METRICS_FILE, RunLogger, read_metrics
 
 if TYPE_CHECKING:
     from grace.evaluation.report import ComparisonTable

@@ -127,8 +127,11 @@ def chosen_steps(run: Run, steps: Sequence[int]) -> list[int]:
     return [logged[0], logged[len(logged) // 2], logged[-1]]
 
 
-def write_report(paths: Sequence[Path], out: Path | None = None, *, sample_steps: Sequence[int] = ()) -> Path:
+def write_report(paths: Sequence[Path], out: Path | None = None, *, sample_steps: Sequence[int] = (), explain_pairs: int = 0) -> Path:
     """Write the report of the runs at (or under) ``paths`` into ``out``; returns ``out/report.md``.
+
+    ``explain_pairs``: explain that many fixed held-out pairs at each run's first and last checkpoint
+    (``grace.runs.explained_pairs``; loads both models, so off by default).
 
     ``out`` defaults to ``<path>/report`` for one path (a run or a sweep), else ``<common parent>/report``.
     """
@@ -149,6 +152,13 @@ def write_report(paths: Sequence[Path], out: Path | None = None, *, sample_steps
         for run in evaluated:
             link = os.path.relpath(run.path / EVAL_DIR / "results.md", out)
             lines += [f"### {run.label}", "", f"From [{link}]({link}):", "", run.evaluation.strip(), ""]
+    if explain_pairs > 0:
+        from grace.runs.explained_pairs import explained_pairs_section
+
+        lines += ["## Explained held-out pairs", ""]
+        for number, run in enumerate(runs):
+            prefix = f"{number + 1}_" if len(runs) > 1 else ""
+            lines += ([f"### {run.label}", ""] if len(runs) > 1 else []) + explained_pairs_section(run.path, out, explain_pairs, label=prefix)
     lines += ["## Sample rationales", ""]
     for run in runs:
         lines += _samples_section(run, chosen_steps(run, sample_steps), several=len(runs) > 1)

@@ -19,7 +19,6 @@ steer away from that region.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path

@@ -130,17 +130,20 @@ def score(
     *,
     batch_size: int,
     options: GenerationOptions = GenerationOptions(),
+    query_embedding: EmbeddingConfig | None = None,
 ) -> dict[str, float]:
     """Every ``eval/*`` score of the held-out set under ``model`` (see the module docstring); leaves the
     random state as it found it, so a run with evaluation trains exactly as one without. ``options``: how
-    rationales are computed (``grace.generation.engine``; the run's ``generation`` settings), never what they are."""
+    rationales are computed (``grace.generation.engine``; the run's ``generation`` settings), never what they are.
+    ``query_embedding``: how queries (a triplet's query, the first half of a sentence) embed when not as
+    ``embedding`` (embedding.rationales=queries: documents as plain text); None: every text as ``embedding``."""
     with torch.random.fork_rng():
         if isinstance(heldout.examples[0], Demonstration):
             return _demonstration_scores(heldout.examples, model, tokenizer, template, embedding, batch_size)
-        return _embedding_scores(heldout.examples, model, tokenizer, template, embedding, batch_size, options)
+        return _embedding_scores(heldout.examples, model, tokenizer, template, embedding, batch_size, options, query_embedding)
 
 
-def _embedding_scores(examples, model, tokenizer, template, embedding, batch_size, options) -> dict[str, float]:
+def _embedding_scores(examples, model, tokenizer, template, embedding, batch_size, options, query_embedding=None) -> dict[str, float]:
     if isinstance(examples[0], Triplet):
         texts = [text for example in examples for text in example_texts(example)]
     else:
@@ -148,6 +151,8 @@ def _embedding_scores(examples, model, tokenizer, template, embedding, batch_siz
         if len(pairs) < 2:
             raise ValueError(f"the held-out set has {len(pairs)} texts of at least {MIN_WORDS} words; halves accuracy needs 2")
         texts = [half for pair in pairs for half in pair]
+    if query_embedding is not None:
+        return _asymmetric_scores(examples, texts, model, tokenizer, template, embedding, query_embedding, batch_size, options)
     out = embed(model, tokenizer, texts, embedding, batch_size=batch_size, template=template, options=options)
     if isinstance(examples[0], Triplet):
         scores = triplet_scores(out.embeddings[0::3], out.embeddings[1::3], out.embeddings[2::3])
@@ -158,6 +163,27 @@ def _embedding_scores(examples, model, tokenizer, template, embedding, batch_siz
         rationale_words = [words(rationale) for rationale in out.rationales]
         scores["eval/rationale_words_mean"] = sum(len(w) for w in rationale_words) / len(rationale_words)
         scores["eval/truncation_rate"] = float(out.truncated.float().mean())
+        scores["eval/repetition_rate"] = sum(repeated_ngram_fraction(w) for w in rationale_words) / len(rationale_words)
+    return scores
+
+
+def _asymmetric_scores(examples, texts, model, tokenizer, template, embedding, query_embedding, batch_size, options) -> dict[str, float]:
+    """The scores of ``_embedding_scores`` with queries (every triplet's first text, every sentence's first half)
+    embedded by ``query_embedding`` and the other texts by ``embedding``; rationale statistics of the queries."""
+    stride = 3 if isinstance(examples[0], Triplet) else 2
+    queries = embed(model, tokenizer, texts[0::stride], query_embedding, batch_size=batch_size, template=template, options=options)
+    documents = [text for i, text in enumerate(texts) if i % stride]
+    docs = embed(model, tokenizer, documents, embedding, batch_size=batch_size, template=template, options=options)
+    if stride == 3:
+        scores = triplet_scores(queries.embeddings, docs.embeddings[0::2], docs.embeddings[1::2])
+    else:
+        scores = halves_accuracy(queries.embeddings, docs.embeddings)
+    every = torch.cat([queries.embeddings, docs.embeddings])
+    scores["eval/mean_cos"] = different_text_mean_cos(every, texts[0::stride] + documents)
+    if query_embedding.rationale:
+        rationale_words = [words(rationale) for rationale in queries.rationales]
+        scores["eval/rationale_words_mean"] = sum(len(w) for w in rationale_words) / len(rationale_words)
+        scores["eval/truncation_rate"] = float(queries.truncated.float().mean())
         scores["eval/repetition_rate"] = sum(repeated_ngram_fraction(w) for w in rationale_words) / len(rationale_words)
     return scores
 

@@ -57,6 +57,7 @@ FREE: dict[str, str] = {
     "report": "whether and what the end-of-run report shows",
     "trainer.guards": "when the run stops early and what it warns about: the detectors only read the metrics",
     "trainer.keep_best": "which checkpoints are kept",
+    "trainer.max_skipped_updates": "when a run of skipped updates (non-finite loss or gradient) stops the run; each skip is the same",
     "trainer.heldout.batch_size": "texts embedded together in the held-out evaluation, which leaves training alone",
 }
 START_MODEL_FILE = "start_model.json"

@@ -19,6 +19,7 @@ the whole model and a named optimizer state, so a run resumes with another world
 """
 from __future__ import annotations
 
+import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -40,11 +41,11 @@ from grace.distributed.parallel import Parallel, check_world_size, resolve_strat
 from grace.distributed.ranks import World, barrier, broadcast, init_from_env, on_main, seed_step, world
 from grace.model.loading import load_policy, load_tokenizer
 from grace.model.prompts import PromptTemplate, text_token_ids
+from grace.numerics.finite import NonFiniteError
 from grace.objectives import REGISTRY, Objective, TrainContext, build_objective
 from grace.objectives.optimizer import make_scheduler, mean_learning_rate
 from grace.training.checkpoint import (
     checkpoint_root,
-    complete_checkpoints,
     encoder_name,
     latest_checkpoint,
     load_trainer_state,
@@ -54,6 +55,9 @@ from grace.training.checkpoint import (
 )
 from grace.training.guards import Finding, Watch
 from grace.training.heldout import HeldOutSet, heldout_from_config, score
+from grace.training.nonfinite import Diverged, SkippedUpdates, check_finite_weights, finite_metrics, stopped_message
+from grace.training.preemption import Preemption, clear_marker, resume_setting
+from grace.training.restart import check_output_dir, find_resume_checkpoint
 from grace.training.resume import check_resume, record_start, resolved_config, starting_model
 from grace.training.run_logger import METRICS_FILE, RunLogger, read_metrics
 from grace.training.validation import validate
@@ -80,15 +84,17 @@ def train(
     run = start_run(cfg, Path(output_dir))  # settings and directory: checked before anything loads
     data = load_data(cfg, run)  # every example checked with the tokenizer alone, before the weights load
     policy = load_model(cfg, run, data)
-    optimizer, scheduler, step, position = make_optimizer(cfg, run, policy)
+    skips = SkippedUpdates(cfg.trainer.max_skipped_updates)  # updates skipped in a row (non-finite loss or gradient)
+    optimizer, scheduler, step, position = make_optimizer(cfg, run, policy, skips)
     logger = on_main(lambda: open_logger(cfg, run, step, run_name, run_group))  # rank 0 logs; elsewhere a no-op
     watch = watch_run(cfg, run, data, policy)
-    saver = Checkpointer(cfg, run, policy, optimizer, scheduler, watch, run_label=run_name or run.output_dir.name)
+    saver = Checkpointer(cfg, run, policy, optimizer, scheduler, watch, run_label=run_name or run.output_dir.name, skips=skips)
 
     last = latest_checkpoint(run.output_dir)
     exit_code, stopped_by = 1, None
     objective = policy.objective
     label, shown = objective.progress_metric
+    preemption = Preemption().__enter__()  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit to be requeued
     try:
         if step == 0 and (scores := watch.evaluate(0)):  # the starting model's held-out scores
             watch.check(start := {"step": 0, **scores})
@@ -103,10 +109,15 @@ def train(
             first_update = scheduler.last_epoch  # the rate logged is the one this step's updates used
             seed_step(cfg.seed, step)  # dropout and other global randomness: per (step, rank)
 
-            result = objective.step(step, examples, optimizer, scheduler)
+            try:
+                result = objective.step(step, examples, optimizer, scheduler)
+            except NonFiniteError as error:  # a reward component's NaN, weights an update overflowed
+                raise Diverged(stopped_message(error, step, last)) from error
 
             step_seconds = time.perf_counter() - started
-            metrics = {"step": step, **result.metrics}
+            metrics = {"step": step, **result.metrics, "optim/skipped_updates": result.skipped_updates}
+            if result.skipped_updates:  # a skipped update's NaN loss describes no update: left out of the log
+                metrics = finite_metrics(metrics)
             metrics["optim/lr"] = mean_learning_rate(scheduler, first_update, result.updates)  # mean over the step's updates
             metrics["time/step_seconds"] = step_seconds
             metrics.update(watch.evaluate(step))  # held-out eval/* every trainer.eval_every steps
@@ -114,10 +125,16 @@ def train(
             logger.log_step(metrics)
             if result.rationales and (step == 1 or step % cfg.trainer.rationale_log_every == 0):
                 logger.log_rationales(step, result.rationales)
-            if verdict.best or verdict.stop or step % cfg.trainer.save_every == 0 or step == cfg.trainer.max_steps:
+            if (reason := skips.record(step, result.skipped_updates, result.updates)) is not None:
+                raise Diverged(stopped_message(reason, step, last))
+            preempted = preemption.requested()  # every rank agrees: one rank's signal stops all after this step
+            if verdict.best or verdict.stop or preempted or step % cfg.trainer.save_every == 0 or step == cfg.trainer.max_steps:
                 last = saver.save(step, position)
+            if preempted:
+                barrier()  # the checkpoint is complete before any rank leaves
+                preemption.hand_over(run.output_dir, step, last, run.layout.is_main)
             progress.update(1)
-            progress.set_postfix({label: f"{metrics[shown]:.3f}", "step_s": f"{step_seconds:.1f}"})
+            progress.set_postfix({label: f"{metrics.get(shown, math.nan):.3f}", "step_s": f"{step_seconds:.1f}"})
             if (stopped_by := verdict.stop) is not None:
                 break
         progress.close()
@@ -127,6 +144,7 @@ def train(
             after_training(result, logger)
         exit_code = 0
     finally:
+        preemption.__exit__()
         logger.close(exit_code)
     return result
 
@@ -153,13 +171,15 @@ def start_run(cfg: TrainConfig, output_dir: Path) -> RunStart:
     validate(cfg)
     layout = init_from_env()  # under torchrun: this rank's place (grace-train has joined the group already)
     check_world_size(cfg, layout)
-    check_output_dir(cfg, output_dir)
-    resume_from = find_resume_checkpoint(cfg, output_dir)
+    resume = resume_setting(cfg.trainer.resume, output_dir)  # a preempted run's requeued command continues it
+    check_output_dir(cfg, output_dir, resume)
+    resume_from = find_resume_checkpoint(cfg, output_dir, resume)
     check_resume(cfg, resume_from)  # the settings it was trained with, against these
     barrier()  # every rank has looked at the directory before rank 0 writes into it
     if layout.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         record_start(cfg, output_dir, resume_from)  # config.yaml, and configs/start-N.yaml of every start
+        clear_marker(output_dir)  # a preempted run has continued: a later fresh start must not resume by mistake
     # Pinned by rank 0 at the first start, the same on every rank.
     start_model = broadcast(starting_model(cfg, output_dir, resume_from) if layout.is_main else None)
     device = resolve_device(cfg.model.device)
@@ -218,6 +238,7 @@ def load_model(cfg: TrainConfig, run: RunStart, data: RunData) -> Policy:
     adapters = Lora(model, cfg.model.lora, run.start_model) if lora else None
     if adapters is not None and run.resume_from is not None:
         adapters.load_adapter(run.resume_from)
+    check_finite_weights(model, f"the model to train ({run.policy_source}) is unusable")  # e.g. a diverged run's checkpoint
     if cfg.model.gradient_checkpointing:  # renamed in later transformers 5 releases, where the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     parallel = Parallel(model, resolve_strategy(cfg.trainer.strategy, run.layout), reads_logits=REGISTRY[cfg.objective.name].reads_logits)
@@ -233,9 +254,12 @@ def load_model(cfg: TrainConfig, run: RunStart, data: RunData) -> Policy:
     return Policy(model, tokenizer, parallel, adapters, autocast, objective)
 
 
-def make_optimizer(cfg: TrainConfig, run: RunStart, policy: Policy) -> tuple[torch.optim.Optimizer, LRScheduler, int, int]:
+def make_optimizer(
+    cfg: TrainConfig, run: RunStart, policy: Policy, skips: SkippedUpdates | None = None
+) -> tuple[torch.optim.Optimizer, LRScheduler, int, int]:
     """(optimizer, scheduler, step, data position): fresh, or as the resumed checkpoint left them, with its
-    RNG states (the last thing restored, so the first step draws what the uninterrupted run drew)."""
+    RNG states (the last thing restored, so the first step draws what the uninterrupted run drew) and its
+    count of updates skipped in a row (into ``skips``)."""
     optimizer = torch.optim.AdamW(policy.parallel.trainable_parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, policy.objective.updates_per_step())
     if run.resume_from is None:
@@ -244,6 +268,8 @@ def make_optimizer(cfg: TrainConfig, run: RunStart, policy: Policy) -> tuple[tor
     policy.parallel.load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     policy.objective.load_state_dict(state.get("objective_state", {}))
+    if skips is not None:
+        skips.load_state_dict(state.get("skipped_updates", {}))  # absent before 0.3: none in a row
     restore_rng_state(state["rng"])
     if run.layout.is_main:
         print(f"resumed from {run.resume_from} at step {state['step']}")
@@ -272,7 +298,8 @@ def watch_run(cfg: TrainConfig, run: RunStart, data: RunData, policy: Policy) ->
     def evaluate_heldout() -> dict[str, float]:  # on every rank: under FSDP the rollout gathers the whole model
         with policy.parallel.rollout(), policy.autocast:
             return score(data.heldout, policy.model, policy.tokenizer, data.template, policy.objective.embedding,
-                         batch_size=cfg.trainer.heldout.batch_size, options=cfg.generation)  # fmt: skip
+                         batch_size=cfg.trainer.heldout.batch_size, options=cfg.generation,
+                         query_embedding=policy.objective.query_embedding)  # fmt: skip
 
     return Watch(
         cfg.trainer, read_metrics(run.output_dir / METRICS_FILE), evaluate_heldout if data.heldout is not None else None,
@@ -291,10 +318,13 @@ class Checkpointer:
     scheduler: LRScheduler
     watch: Watch
     run_label: str  # in full: the encoder's name is cut short to serve as a folder name
+    skips: SkippedUpdates | None = None  # saved with the state, so a resume counts on
 
     def save(self, step: int, position: int) -> Path:
-        """Every rank takes part: under FSDP the weights and the optimizer state are gathered to rank 0."""
+        """Every rank takes part: under FSDP the weights and the optimizer state are gathered to rank 0. Weights
+        holding NaN or an infinity are never saved (``NonFiniteError``, on every rank)."""
         policy, output_dir = self.policy, self.run.output_dir
+        check_finite_weights(policy.model, f"refusing to write checkpoint step-{step} of {output_dir}")
         weights, adapter = policy.adapters.export(policy.parallel) if policy.adapters is not None else (policy.parallel.export_model(), None)
         optimizer_state = policy.parallel.optimizer_state(self.optimizer)
         name = encoder_name(self.run_label, step)
@@ -310,10 +340,12 @@ class Checkpointer:
             "objective": policy.objective.name,
             "objective_state": policy.objective.state_dict(),
             "world_size": self.run.layout.size,  # for the record: a resume may use another
+            "skipped_updates": self.skips.state_dict() if self.skips is not None else {},
         }
         saved = save_checkpoint(
             output_dir, step, weights, policy.tokenizer, policy.objective.embedding, state, keep_last=self.cfg.trainer.keep_last,
             name=name, config=resolved_config(self.cfg), adapter=adapter, protect=self.watch.protected(checkpoint_root(output_dir)),
+            query_embedding=policy.objective.query_embedding,
         )  # fmt: skip
         self.watch.record_best(output_dir, saved)
         return saved
@@ -344,31 +376,3 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None and launched_by_torchrun():
         return torch.device("cuda", world().local_rank)
     return device
-
-
-def check_output_dir(cfg: TrainConfig, output_dir: Path) -> None:
-    """A fresh run must not write into an earlier run's directory: keep_last would delete its new step-1
-    checkpoint at once (the old, higher steps are newer by number) and its metrics would be mixed in."""
-    if cfg.trainer.resume != "none":
-        return
-    earlier = ["checkpoints"] if complete_checkpoints(output_dir) else []
-    earlier += [METRICS_FILE] if (output_dir / METRICS_FILE).is_file() else []
-    if earlier:
-        raise ConfigError(
-            f"{output_dir} already holds {' and '.join(earlier)} of an earlier run, which trainer.resume=none would "
-            "overwrite: use trainer.resume=auto to continue, or a new trainer.output_dir"
-        )
-
-
-def find_resume_checkpoint(cfg: TrainConfig, output_dir: Path) -> Path | None:
-    if cfg.trainer.resume == "none":
-        return None
-    if cfg.trainer.resume == "auto":
-        found = latest_checkpoint(output_dir)
-        if found is None:  # fine for a first run, but a mistyped directory must not pass for one
-            print(
-                f"trainer.resume=auto: no checkpoint in {checkpoint_root(output_dir)}, starting from step 0 "
-                "(to continue an earlier run, set trainer.output_dir to its directory)"
-            )
-        return found
-    return Path(cfg.trainer.resume)

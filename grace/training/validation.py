@@ -6,6 +6,7 @@ message that says which keys to change. The schema itself is ``grace.config``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from grace.config import (
     OBJECTIVES,
+    RATIONALE_ROLES,
     AlgorithmConfig,
     ConfigError,
     TrainConfig,
@@ -27,8 +29,9 @@ from grace.config import (
 from grace.data.readers import check_source
 from grace.model.pooling import POOLING_METHODS
 from grace.model.sources import ModelSourceError, resolve_source
-from grace.objectives.policy_gradient.advantages import ESTIMATORS
+from grace.objectives.policy_gradient.advantages import ESTIMATORS, NORMALIZATIONS
 from grace.objectives.policy_gradient.ppo_loss import AGGREGATIONS, KL_ESTIMATORS
+from grace.objectives.policy_gradient.rollout_correction import CORRECTIONS
 from grace.rewards import MODES, VARIANTS, ComponentError, RewardFunction
 
 STRATEGIES = ("auto", "ddp", "fsdp")  # grace/distributed/parallel.py
@@ -47,6 +50,9 @@ def validate(cfg: TrainConfig) -> None:
     _one_of("algorithm.estimator", cfg.algorithm.estimator, ESTIMATORS)
     _one_of("algorithm.aggregation", cfg.algorithm.aggregation, AGGREGATIONS)
     _one_of("algorithm.kl_estimator", cfg.algorithm.kl_estimator, KL_ESTIMATORS)
+    _one_of("algorithm.normalize", cfg.algorithm.normalize, NORMALIZATIONS)
+    _one_of("algorithm.rollout_correction", cfg.algorithm.rollout_correction, CORRECTIONS)
+    _one_of("embedding.rationales", cfg.embedding.rationales, RATIONALE_ROLES)
     _one_of("embedding.pooling", cfg.embedding.pooling, POOLING_METHODS)
     _one_of("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
     _one_of("trainer.precision", cfg.trainer.precision, ("fp32", "bf16"))
@@ -61,8 +67,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.objective.name == "grace":
         _check_policy_gradient(cfg)
     elif cfg.objective.name == "sft":
+        _refuse_query_rationales(cfg)
         _check_sft(cfg)
     else:
+        _refuse_query_rationales(cfg)
         _check_embedding_objective(cfg)
     _check_sweep(cfg)
 
@@ -77,6 +85,7 @@ def validate(cfg: TrainConfig) -> None:
 
 def _check_policy_gradient(cfg: TrainConfig) -> None:
     """objective=grace: rollouts, rewards and the PPO update."""
+    _check_policy_options(cfg)  # first: embedding.rationales=queries changes which roles the checks below see
     if cfg.reward.tau <= 0:
         raise ConfigError(f"reward.tau={cfg.reward.tau} must be positive: it divides every similarity")
     try:  # imports every component's function and checks its parameters, before any model loads
@@ -132,6 +141,43 @@ def _check_policy_gradient(cfg: TrainConfig) -> None:
         raise ConfigError("algorithm.ppo_epochs must be at least 1")
 
 
+def _check_policy_options(cfg: TrainConfig) -> None:
+    """GDPO normalisation, the rollout correction, and rationales for queries only."""
+    algorithm = cfg.algorithm
+    if algorithm.normalize == "per_component" and algorithm.scale_by_std:
+        raise ConfigError(
+            "algorithm.normalize=per_component already divides each reward component by its own within-group std; "
+            "algorithm.scale_by_std=true would divide the sum again: set algorithm.scale_by_std=false"
+        )
+    if not algorithm.rollout_correction_cap >= 1:
+        raise ConfigError(f"algorithm.rollout_correction_cap={algorithm.rollout_correction_cap} must be >= 1: on-policy tokens have weight 1")
+    if cfg.embedding.rationales != "queries":
+        return
+    if cfg.reward.variant == "paper":
+        raise ConfigError(
+            "embedding.rationales=queries embeds documents as plain text, so only the query role can be trained, but "
+            "reward=paper trains the positives alone: use reward=contrastive (every role trained), or embedding.rationales=all"
+        )
+    if cfg.embedding.pooling == "rationale":
+        raise ConfigError("embedding.pooling=rationale with embedding.rationales=queries: documents write no rationale to pool; use after_system")
+    for role in ("positive", "negative"):
+        settings = getattr(cfg.rollout, role)
+        for key in ("num_samples", "max_new_tokens"):
+            if getattr(settings, key) is not None:
+                raise ConfigError(
+                    f"rollout.{role}.{key}={getattr(settings, key)} with embedding.rationales=queries: {role} documents are embedded "
+                    f"as plain text (one row, no rationale), so the setting would be ignored: remove it"
+                )
+
+
+def _refuse_query_rationales(cfg: TrainConfig) -> None:
+    if cfg.embedding.rationales != "all":
+        raise ConfigError(
+            f"embedding.rationales={cfg.embedding.rationales} trains query rationales with the policy gradient, which "
+            f"objective={cfg.objective.name} does not run: set objective=grace, or embedding.rationales=all"
+        )
+
+
 def _check_embedding_objective(cfg: TrainConfig) -> None:
     """objective=contrastive|simcse: InfoNCE on prompt embeddings, no rationale, no rollout."""
     name, objective = cfg.objective.name, cfg.objective
@@ -179,7 +225,7 @@ def _refuse_policy_update_settings(cfg: TrainConfig) -> None:
     """Settings of the policy update that an objective without one would silently ignore (rollout and reward
     settings are ignored too, but model presets set them, so they cannot tell a user's intent)."""
     defaults = AlgorithmConfig()
-    for key in ("embedding_loss_coef", "kl_coef", "entropy_coef", "ppo_epochs", "recompute_old_logprobs"):
+    for key in ("embedding_loss_coef", "kl_coef", "entropy_coef", "ppo_epochs", "recompute_old_logprobs", "normalize", "rollout_correction"):
         value = getattr(cfg.algorithm, key)
         if value != getattr(defaults, key):
             raise ConfigError(
@@ -189,7 +235,7 @@ def _refuse_policy_update_settings(cfg: TrainConfig) -> None:
 
 def _check_trainer(cfg: TrainConfig) -> None:
     t = cfg.trainer
-    for name in ("max_steps", "batch_size", "micro_batch_size", "save_every", "keep_last"):
+    for name in ("max_steps", "batch_size", "micro_batch_size", "save_every", "keep_last", "max_skipped_updates"):
         if getattr(t, name) < 1:
             raise ConfigError(f"trainer.{name}={getattr(t, name)} must be at least 1")
     if t.mini_batch_size is not None and (t.mini_batch_size < 1 or t.batch_size % t.mini_batch_size):
@@ -258,11 +304,41 @@ def _check_lora(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.lora.dropout={lora.dropout} must be in [0, 1)")
     if not lora.target_modules:
         raise ConfigError("model.lora.target_modules is empty: name the layers to adapt (e.g. [q_proj,v_proj]) or use [all-linear]")
+    _refuse_tied_targets(cfg)
     if cfg.objective.name == "grace" and lora.dropout > 0:
         raise ConfigError(
             f"model.lora.dropout={lora.dropout} with objective=grace would make the update's log-probs differ from the "
             "rollout's (sampled without dropout), so PPO ratios would not start at 1: set model.lora.dropout=0"
         )
+
+
+def _refuse_tied_targets(cfg: TrainConfig) -> None:
+    """An adapter on ``lm_head`` or ``embed_tokens`` of a model that ties them, refused before it loads when its
+    config says so (tiny-random, the packaged SmolLM2, a model directory or run); ``Lora`` checks the loaded
+    model itself for every other source and target (grace/distributed/lora.py)."""
+    from grace.distributed.lora import TIED_NAMES, tied_target_error
+
+    named = [t for t in cfg.model.lora.target_modules if t.rsplit(".", 1)[-1] in TIED_NAMES]
+    if named and _ties_word_embeddings(cfg.model.source):
+        partner = "embed_tokens" if named[0].rsplit(".", 1)[-1] == "lm_head" else "lm_head"
+        raise tied_target_error(list(cfg.model.lora.target_modules), named[0], [partner])
+
+
+def _ties_word_embeddings(source: str) -> bool:
+    """Whether the model ``source`` names ties its output head to its input embeddings, as far as can be told
+    without loading it (False when unknown: a hub id or a .gguf file is checked once loaded)."""
+    try:
+        resolved = resolve_source(source)
+    except ModelSourceError:
+        return False  # reported by the source check
+    if resolved.kind in ("tiny-random", "packaged"):
+        return True  # grace.model.loading.tiny_config and SmolLM2-135M-Instruct both tie
+    if resolved.kind != "directory":
+        return False
+    try:
+        return bool(json.loads((resolved.path / "config.json").read_text()).get("tie_word_embeddings", False))
+    except (OSError, ValueError):
+        return False
 
 
 def _check_role_decoding(cfg: TrainConfig, role: str) -> None:

@@ -218,3 +218,31 @@ def test_compile_flag_turns_on_compiled_decoding_only():
     assert encoder_options(encode_module.build_parser().parse_args(arguments))["generation"] == GenerationOptions()
     compiled = encoder_options(encode_module.build_parser().parse_args([*arguments, "--compile"]))["generation"]
     assert compiled == GenerationOptions(compile=True)
+
+
+def test_a_full_disk_stops_with_a_message_keeps_the_committed_chunks_and_the_rerun_continues(tmp_path, monkeypatch):
+    import errno
+
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(TEXTS[:6]) + "\n")  # chunks of 2: 0, 1, 2
+    out = tmp_path / "out"
+    encoder = GraceEncoder.from_pretrained(TINY_RANDOM, document=SHORT, batch_size=2)
+    writes = []
+    real_save = np.save
+
+    def disk_fills_at_the_second_chunk(handle, array, *args, **kwargs):
+        writes.append(len(array))
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(handle, array, *args, **kwargs)
+
+    monkeypatch.setattr(encode_module.np, "save", disk_fills_at_the_second_chunk)
+    with pytest.raises(OSError, match=f"no space left on the device while writing to {out} .*the 1 chunks of 2 texts committed so far are kept"):
+        encode_to_directory(encoder, read_texts(str(source)), out, chunk_size=2)
+    # Chunk 0 whole; of chunk 1 only its rationales, which do not count without the .npy renamed in last; no temporary.
+    assert sorted(p.name for p in (out / CHUNKS).iterdir()) == ["00000.jsonl", "00000.npy", "00001.jsonl"]
+    monkeypatch.undo()
+    summary = encode_to_directory(encoder, read_texts(str(source)), out, chunk_size=2)
+    assert summary.reused == [0] and summary.computed == [1, 2]
+    assert np.load(out / EMBEDDINGS).shape == (6, 64)
+    assert main([str(source), str(tmp_path / "cli"), "--model", TINY_RANDOM, "--max-new-tokens", "3", "--quiet", "--chunk-size", "2"]) == 0

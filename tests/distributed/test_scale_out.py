@@ -55,6 +55,13 @@ CASES = {
         "mode=supervised", "reward=contrastive", "+reward.components.length={weight: 0.1, cap: 0.5, params: {budget: 3}}",
         "+reward.components.degenerate={weight: 0.5}", "trainer.eval_every=1", "trainer.heldout.size=2",
     ],
+    # GDPO per-component advantages, Dr. GRPO's constant normaliser, truncated importance sampling with the
+    # old log-probs recomputed (two updates per step), documents embedded as plain text.
+    "policy-options": [
+        "mode=supervised", "reward=contrastive", "algorithm.normalize=per_component", "algorithm.aggregation=constant",
+        "algorithm.rollout_correction=token", "+reward.components.length={weight: 0.1, cap: 0.5, params: {budget: 3}}",
+        "embedding.rationales=queries",
+    ],
     # Supervised fine-tuning on demonstrations: the token-mean NLL normalised over every rank's tokens.
     "sft": ["objective=sft", "data.train_file={root}/demos.jsonl"],
 }
@@ -66,6 +73,7 @@ SPREAD = [
     ("ddp", "lora-kl", ["model.gradient_checkpointing=true"]),
     ("ddp", "contrastive-objective-cached", []),
     ("ddp", "sft", []),
+    ("ddp", "policy-options", []),
     ("fsdp", "components-heldout", []),
     ("fsdp", "supervised-paper", ["model.gradient_checkpointing=true"]),
     ("fsdp", "unsupervised-contrastive", []),

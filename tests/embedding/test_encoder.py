@@ -19,7 +19,8 @@ import torch
 import grace.embedding.cache as cache_module
 import grace.storage.staging as staging_module
 from grace.embedding.cache import EmbeddingCache, canonical_config
-from grace.embedding.encoder import ENCODER_CONFIG_FILE, GraceEncoder, model_fingerprint, save_encoder
+from grace.embedding.encoder import GraceEncoder
+from grace.embedding.encoder_files import ENCODER_CONFIG_FILE, model_fingerprint, save_encoder
 from grace.embedding.pipeline import Decoding, EmbeddingConfig, embed
 from grace.generation.options import GenerationOptions
 from grace.model.loading import TINY_RANDOM, load_policy

@@ -7,7 +7,7 @@ import sys
 
 import mteb
 import pytest
-from test_train_cli import grace_train
+from cli_helpers import grace_train
 
 from grace.evaluation.benchmarks import BENCHMARKS, DataUnavailable, check_data_available
 from grace.evaluation.tasks import OFFLINE_SUITE, get_tasks

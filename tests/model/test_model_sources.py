@@ -22,7 +22,8 @@ from train_helpers import compose_config
 from grace.cli.encode import main as encode_main
 from grace.cli.index import main as index_main
 from grace.config import ConfigError
-from grace.embedding.encoder import GraceEncoder, resolve_model_dir
+from grace.embedding.encoder import GraceEncoder
+from grace.embedding.encoder_files import resolve_model_dir
 from grace.embedding.pipeline import EmbeddingConfig
 from grace.evaluation.config import ModelConfig
 from grace.evaluation.runner import evaluate_encoders

@@ -66,7 +66,7 @@ def test_micro_batches_with_a_global_normaliser_add_up_to_the_full_batch():
     logprobs, old = torch.randn(4, 5, generator=generator), torch.randn(4, 5, generator=generator)
     mask = torch.rand(4, 5, generator=generator) > 0.3
     advantages = torch.randn(4, generator=generator)
-    for aggregation, normaliser in (("token-mean", float(mask.sum())), ("sequence-mean", 4.0)):
+    for aggregation, normaliser in (("token-mean", float(mask.sum())), ("sequence-mean", 4.0), ("constant", 4 * 5.0)):
         full = ppo_loss(logprobs, old, advantages, mask, aggregation=aggregation).loss
         parts = sum(
             ppo_loss(logprobs[s], old[s], advantages[s], mask[s], aggregation=aggregation, normaliser=normaliser).loss

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import yaml
-from test_train_cli import SMALL, grace_train
+from cli_helpers import SMALL, grace_train
 
 from grace.runs.job_names import DIR_CHARS, JOB_FILE, LABEL_CHARS, job_dirname, job_label
 from grace.storage.safe_names import readable_name

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import SMALL, grace_train
 from PIL import Image
-from test_train_cli import SMALL, grace_train
 from wandb_offline import exit_code, logged_keys, run_file, summary
 
 from grace.runs.plots import figure_specs

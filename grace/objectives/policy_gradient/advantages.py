@@ -11,12 +11,21 @@ trained) get zero advantage and do not enter any baseline.
 
 A group whose rewards are all equal gets exactly zero advantage, never NaN or rounding noise; so does
 a group of one under GRPO and RLOO (no baseline exists without a second sample).
+
+``per_component_advantages`` (``algorithm.normalize=per_component``; GDPO, Liu et al. 2026, "Group reward-Decoupled
+Normalization Policy Optimization", arXiv 2601.05242; offered by TRL since 2026-01 and verl since 2026-03)
+baselines each reward component's contribution separately and divides it by its own standard deviation within
+the same group, then sums them weighted by each component's |weight| at this step. Summing first
+(``normalize=sum``, today's default) lets the component with the largest spread set the advantage alone;
+per component, each moves the advantage by its weight in units of its own spread, and a component that is
+constant within a group (the paper's negative and cross-group terms, official issue #4) adds exactly zero.
 """
 from __future__ import annotations
 
 import torch
 
 ESTIMATORS = ("grpo", "rloo", "reinforce")
+NORMALIZATIONS = ("sum", "per_component")  # algorithm.normalize
 
 
 def compute_advantages(
@@ -58,3 +67,48 @@ def compute_advantages(
     varies = per_group(rewards, "amax") > per_group(rewards, "amin")
     keep = mask & varies & (count > 1)
     return torch.where(keep, advantages, torch.zeros_like(advantages))
+
+
+def per_component_advantages(
+    contributions: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    key: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    estimator: str = "grpo",
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GDPO advantages [R] and each component's part [R] of them.
+
+    ``contributions``: component name -> [R] float, its capped, weighted contribution to the reward
+    (``RewardBreakdown.components``); ``weights``: name -> its weight at this step (a component's sign is already
+    in its contribution, so |weight| scales its standardised part: 0 while a schedule holds it at 0).
+    Each part is ``|w_c| * compute_advantages(x_c, key, mask, estimator, scale_by_std=True)`` for
+    ``grpo`` (group mean and unbiased group std); ``rloo`` and ``reinforce`` divide their own baseline's
+    residual by the same group std (the batch's for reinforce). The advantage is the sum of the parts.
+    Raises ValueError for an unknown estimator or no component.
+    """
+    if not contributions:
+        raise ValueError("per-component advantages need at least one reward component")
+    parts: dict[str, torch.Tensor] = {}
+    for name, contribution in contributions.items():
+        scale = abs(float(weights[name]))
+        if estimator == "grpo":
+            standardised = compute_advantages(contribution, key, mask, estimator="grpo", scale_by_std=True, eps=eps)
+        else:
+            residual = compute_advantages(contribution, key, mask, estimator=estimator)
+            spread = compute_advantages(contribution, key, mask, estimator="grpo" if estimator == "rloo" else estimator)
+            std = _group_std(spread, torch.zeros_like(key) if estimator == "reinforce" else key, mask)
+            standardised = residual / (std + eps)
+        parts[name] = standardised * scale
+    total = torch.stack(list(parts.values())).sum(dim=0)
+    return total, parts
+
+
+def _group_std(centred: torch.Tensor, key: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[R] unbiased std within each ``key`` group of the group-centred values ``centred`` [R] (masked rows only)."""
+    index = torch.unique(key, return_inverse=True)[1]
+    groups = int(index.max()) + 1
+    squares = torch.zeros(groups, device=centred.device).scatter_add(0, index, torch.where(mask, centred.float() ** 2, 0.0))
+    count = torch.zeros(groups, device=centred.device).scatter_add(0, index, mask.float())
+    return (squares / (count - 1).clamp(min=1)).sqrt()[index]

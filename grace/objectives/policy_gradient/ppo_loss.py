@@ -3,10 +3,17 @@
 ``ppo_loss`` is a pure function of tensors (the log-probs come from ``logprobs.policy_logprobs``). Aggregation:
 
 * ``token-mean``: every rationale token in the batch weighs the same (long rationales weigh more);
-* ``sequence-mean``: mean over each rationale's tokens, then over rationales.
+* ``sequence-mean``: mean over each rationale's tokens, then over rationales;
+* ``constant`` (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783; TRL's ``loss_type="dr_grpo"``, verl's
+  ``seq-mean-token-sum-norm``): the sum over every rationale token divided by a constant, the maximal
+  rationale length times the number of rationales, so neither a long nor a short rationale weighs more
+  per token and the normaliser does not depend on what the policy writes.
 
-``normaliser`` lets gradient accumulation divide by the whole batch's token (or sequence) count, so
-micro-batching does not change the gradient.
+``normaliser`` lets gradient accumulation divide by the whole batch's token (or sequence, or
+sequence x max-length) count, so micro-batching does not change the gradient.
+
+``importance_weights`` ([B, T], detached) multiply the per-token surrogate: truncated importance sampling
+against the rollout engine's log-probs (``rollout_correction``). None leaves the loss bit for bit as without.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-AGGREGATIONS = ("token-mean", "sequence-mean")
+AGGREGATIONS = ("token-mean", "sequence-mean", "constant")
 KL_ESTIMATORS = ("k1", "k3")
 
 
@@ -43,10 +50,14 @@ def ppo_loss(
     kl_estimator: str = "k3",
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
+    importance_weights: torch.Tensor | None = None,
 ) -> LossOutput:
     """PPO loss for B rationales: ``logprobs``, ``old_logprobs``, ``mask`` [B, T]; ``advantages`` [B].
 
-    ``normaliser`` defaults to this batch's token count (token-mean) or sequence count (sequence-mean).
+    ``normaliser`` defaults to this batch's token count (token-mean), sequence count (sequence-mean) or
+    B x T, the padded width standing for the maximal length (constant). ``importance_weights`` [B, T]:
+    per-token factors of the clipped surrogate (not of the KL or entropy terms), e.g. truncated importance
+    sampling weights; None: no factor. Raises ValueError for an unknown aggregation or KL estimator.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {aggregation!r}: use one of {list(AGGREGATIONS)}")
@@ -63,10 +74,15 @@ def ppo_loss(
     unclipped = -advantage * ratio
     clipped = -advantage * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    if importance_weights is not None:
+        per_token = per_token * importance_weights.detach().to(per_token.dtype)
 
     def aggregate(values: torch.Tensor) -> torch.Tensor:
         if aggregation == "token-mean":
             return (values * weight).sum() / (normaliser if normaliser is not None else weight.sum().clamp(min=1))
+        if aggregation == "constant":
+            default = float(values.shape[0] * values.shape[1])
+            return (values * weight).sum() / (normaliser if normaliser is not None else max(default, 1.0))
         per_sequence = (values * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1)
         return per_sequence.sum() / (normaliser if normaliser is not None else max(values.shape[0], 1))
 

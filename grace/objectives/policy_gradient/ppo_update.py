@@ -17,15 +17,23 @@ Under torchrun each rank holds its share of every mini-batch (``grace.distribute
 normalisers are the global counts (summed over ranks), so the gradients the engine averages add up to the
 one-process gradient of the global batch (``grace.distributed.parallel``: ``loss_scale``, equal micro-batch counts),
 and the logged numbers are reduced over ranks.
+
+Rollout/trainer mismatch (``grace.objectives.policy_gradient.rollout_correction``): the rollout engine's sampling
+log-probs are compared with the update forward's of the same tokens before the first optimizer step (the rows of
+the step's first update; every trained row when old log-probs are recomputed) and logged. With
+``algorithm.rollout_correction`` on, the PPO ratio is taken against the trainer's own old log-probs (the first
+forward's, detached, when the step makes one optimizer update; a recomputed no-grad forward otherwise) and each
+token's surrogate is weighted by ``min(pi_train_old / pi_rollout, C)``.
 """
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from grace.config import TrainConfig
+from grace.config import TrainConfig, role_max_new_tokens, trained_roles
 from grace.distributed.parallel import Parallel
 from grace.distributed.ranks import reduce_sums, sum_over_ranks
 from grace.generation.rollout import RolloutBatch
@@ -34,6 +42,13 @@ from grace.objectives.optimizer import apply_update
 from grace.objectives.policy_gradient.embedding_loss import EmbeddingPartners
 from grace.objectives.policy_gradient.logprobs import PolicyOutput, policy_logprobs
 from grace.objectives.policy_gradient.ppo_loss import LossOutput, ppo_loss
+from grace.objectives.policy_gradient.rollout_correction import (
+    Correction,
+    MismatchSums,
+    correction_level,
+    mismatch_sums,
+    truncated_importance_weights,
+)
 
 
 @dataclass
@@ -47,6 +62,8 @@ class UpdateStats:
     updates: int = 0
     embedding_loss: float = 0.0  # mean over updates of each mini-batch's mean InfoNCE (0 without the embedding loss)
     embedding_accuracy: float = 0.0  # share of embedding-loss rows whose partner is their most similar candidate
+    rollout: dict[str, float] = field(default_factory=dict)  # rollout/logprob_mismatch_* and, corrected, rollout/importance_weight_*
+    skipped: int = 0  # updates not applied: their loss or gradient was not finite (grace.objectives.optimizer)
 
 
 @dataclass
@@ -72,6 +89,33 @@ class StepTotals:
     entropy_tokens: float = 0.0
     embedding_loss: float = 0.0
     embedding_correct: int = 0
+    mismatch_abs: float = 0.0  # sum over compared tokens of |log pi_train - log pi_rollout|
+    mismatch_kl: float = 0.0  # sum of the k3 estimates
+    mismatch_ratio_max: float = 0.0
+    mismatch_tokens: float = 0.0
+    weight_sum: float = 0.0  # importance weights of the corrected tokens (0 without the correction)
+    weight_clipped: float = 0.0  # corrected tokens whose weight the cap truncated
+    weight_tokens: float = 0.0
+
+    def add_mismatch(self, sums: MismatchSums) -> None:
+        self.mismatch_abs += sums.abs_diff
+        self.mismatch_kl += sums.kl
+        self.mismatch_ratio_max = max(self.mismatch_ratio_max, sums.ratio_max)
+        self.mismatch_tokens += sums.tokens
+
+    def add_weights(self, weights: torch.Tensor, mask: torch.Tensor, cap: float) -> None:
+        """One micro-batch's importance weights [B, T] over the tokens of ``mask`` [B, T] bool."""
+        self.weight_sum += float(weights[mask].sum())
+        self.weight_clipped += float((weights[mask] >= cap * (1 - 1e-6)).sum())  # exp(log C) rounds to about C
+        self.weight_tokens += float(mask.sum())
+
+    def rollout_metrics(self, corrected: bool) -> dict[str, float]:
+        sums = MismatchSums(self.mismatch_abs, self.mismatch_kl, self.mismatch_ratio_max, self.mismatch_tokens)
+        metrics = sums.metrics()
+        if corrected:
+            metrics["rollout/importance_weight_mean"] = self.weight_sum / max(self.weight_tokens, 1.0)
+            metrics["rollout/importance_weight_clipped_fraction"] = self.weight_clipped / max(self.weight_tokens, 1.0)
+        return metrics
 
     def add_ppo(self, out: LossOutput, policy_mask: torch.Tensor, entropy: torch.Tensor) -> None:
         """One micro-batch's PPO terms: ``policy_mask`` [B, T] bool, the tokens they were computed over;
@@ -117,16 +161,23 @@ def ppo_update(
     ``algorithm.embedding_loss_coef``."""
     algorithm = cfg.algorithm
     policy.module.train()
-    if algorithm.recompute_old_logprobs:
-        batch.logprobs = _logprobs_in_chunks(policy, batch, torch.nonzero(trained).flatten(), cfg, autocast)
     per_update = cfg.trainer.mini_batch_size or cfg.trainer.batch_size
     update_of_row = batch.group // per_update  # groups are global example positions: mini-batch m holds m*per_update..
     updates = cfg.trainer.batch_size // per_update
-    needs_all_rows = algorithm.kl_coef > 0 or algorithm.entropy_coef > 0
-    normalisers, embedding_counts = _global_counts(batch, trained, update_of_row, updates, algorithm.aggregation, partners)
     stats, totals, grad_norms = UpdateStats(), StepTotals(), 0.0
-    for _ in range(algorithm.ppo_epochs):
+    level = correction_level(algorithm.rollout_correction, precision=cfg.trainer.precision, compiled=cfg.generation.compile)
+    correction = Correction(batch.logprobs, level, algorithm.rollout_correction_cap)
+    # With one optimizer update the first forward's own log-probs are the trainer's old ones; with more, the
+    # later updates need them from before the first step: one no-grad forward.
+    if algorithm.recompute_old_logprobs or (level is not None and updates * algorithm.ppo_epochs > 1):
+        batch.logprobs = _logprobs_in_chunks(policy, batch, torch.nonzero(trained).flatten(), cfg, autocast, totals)
+        correction.recomputed = True
+    needs_all_rows = algorithm.kl_coef > 0 or algorithm.entropy_coef > 0
+    max_tokens = max(role_max_new_tokens(cfg, role) for role in trained_roles(cfg))
+    normalisers, embedding_counts = _global_counts(batch, trained, update_of_row, updates, algorithm.aggregation, partners, max_tokens)
+    for epoch in range(algorithm.ppo_epochs):
         for update in range(updates):
+            correction.measure = not correction.recomputed and epoch == 0 and update == 0
             in_groups = update_of_row == update
             in_update = trained & in_groups
             forward = in_update if needs_all_rows else in_update & (advantages != 0)
@@ -135,27 +186,45 @@ def ppo_update(
                 forward = forward | embedding
             optimizer.zero_grad(set_to_none=True)
             rows = MiniBatch(in_update, forward, float(normalisers[update]), embedding, float(embedding_counts[update]))
-            accumulate_gradients(policy, reference, batch, advantages, rows, cfg, autocast, totals, partners)
-            grad_norms += apply_update(policy.module, optimizer, scheduler, cfg.trainer.grad_clip)
+            before = replace(totals)
+            accumulate_gradients(policy, reference, batch, advantages, rows, cfg, autocast, totals, partners, correction)
+            loss = (totals.policy_loss - before.policy_loss) + (totals.kl - before.kl) + (totals.embedding_loss - before.embedding_loss)
+            outcome = apply_update(policy.module, optimizer, scheduler, cfg.trainer.grad_clip, loss=loss)
             stats.updates += 1
-    totals = StepTotals(**reduce_sums(asdict(totals), maxima=frozenset({"ratio_max"})))
+            if not outcome.applied:  # its numbers stay out of the logged means: they describe no update
+                totals, stats.skipped = before, stats.skipped + 1
+                continue
+            grad_norms += outcome.grad_norm
+    totals = StepTotals(**reduce_sums(asdict(totals), maxima=frozenset({"ratio_max", "mismatch_ratio_max"})))
     tokens = float(sum_over_ranks(batch.rationale_mask[trained].sum()))
-    stats.policy_loss = totals.policy_loss / stats.updates
-    stats.kl = totals.kl / stats.updates
-    stats.grad_norm = grad_norms / stats.updates  # mean over the step's optimizer updates
+    applied = stats.updates - stats.skipped
+
+    def mean_applied(total: float) -> float:  # the mean over the applied updates; NaN when none was
+        return total / applied if applied else math.nan
+
+    stats.policy_loss = mean_applied(totals.policy_loss)
+    stats.kl = mean_applied(totals.kl)
+    stats.grad_norm = mean_applied(grad_norms)  # mean over the step's applied optimizer updates
     stats.entropy = totals.entropy_sum / max(totals.entropy_tokens, 1.0)
-    stats.clip_fraction = totals.clipped_tokens / max(tokens * algorithm.ppo_epochs, 1.0)
+    stats.clip_fraction = totals.clipped_tokens / max(tokens * algorithm.ppo_epochs * applied / stats.updates, 1.0)
     stats.ratio_max = totals.ratio_max
-    stats.embedding_loss = totals.embedding_loss / stats.updates
-    stats.embedding_accuracy = totals.embedding_correct / max(float(embedding_counts.sum()) * algorithm.ppo_epochs, 1.0)
+    stats.embedding_loss = mean_applied(totals.embedding_loss)
+    stats.embedding_accuracy = totals.embedding_correct / max(float(embedding_counts.sum()) * algorithm.ppo_epochs * applied / stats.updates, 1.0)
+    stats.rollout = totals.rollout_metrics(corrected=level is not None)
     policy.module.eval()
     return stats
 
 
-def _global_counts(batch, trained, update_of_row, updates: int, aggregation: str, partners) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per mini-batch, over every rank: the PPO normaliser (rationale tokens or sequences of the trained rows)
-    and the rows in the embedding loss. [updates] float64 each, one collective for both."""
-    per_row = batch.rationale_mask.sum(dim=1).double() if aggregation == "token-mean" else torch.ones(len(batch), dtype=torch.float64)
+def _global_counts(
+    batch, trained, update_of_row, updates: int, aggregation: str, partners, max_tokens: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per mini-batch, over every rank: the PPO normaliser (rationale tokens, sequences, or sequences x
+    ``max_tokens`` for Dr. GRPO's constant, of the trained rows) and the rows in the embedding loss.
+    [updates] float64 each, one collective for both."""
+    if aggregation == "token-mean":
+        per_row = batch.rationale_mask.sum(dim=1).double()
+    else:
+        per_row = torch.full((len(batch),), float(max_tokens) if aggregation == "constant" else 1.0, dtype=torch.float64)
     per_row = torch.where(trained.to(per_row.device), per_row, 0.0).cpu()
     embedding = partners.takes_part.double().cpu() if partners is not None else torch.zeros(len(batch), dtype=torch.float64)
     index = update_of_row.cpu()
@@ -176,6 +245,7 @@ def accumulate_gradients(
     autocast: AbstractContextManager,
     totals: StepTotals,
     partners: EmbeddingPartners | None = None,
+    correction: Correction | None = None,
 ) -> None:
     """Backward of one mini-batch's loss, ``trainer.micro_batch_size`` rows at a time, into ``.grad``;
     its logged numbers are added to ``totals``.
@@ -183,7 +253,8 @@ def accumulate_gradients(
     Every term is divided by the whole mini-batch's count (``rows.normaliser`` for the PPO terms, the
     embedding rows for the embedding loss), so the accumulated gradient is the full mini-batch gradient.
     Every rank runs as many micro-batches as the rank with the most (``Parallel.micro_batches``); a filler
-    runs the same forward and backward with weight 0.
+    runs the same forward and backward with weight 0. ``correction``: the rollout's log-probs, to measure the
+    mismatch against and (``correction.level``) to correct for; None: neither.
     """
     algorithm = cfg.algorithm
     entropy_mode = "trained" if algorithm.entropy_coef > 0 else "logged"
@@ -193,7 +264,7 @@ def accumulate_gradients(
     for micro, real in policy.micro_batches(selected, cfg.trainer.micro_batch_size):
         part = batch.select(micro)
         current, ref = _forward(policy, reference, part, autocast, entropy_mode, pooling)
-        out, policy_mask = _ppo_terms(current, ref, part, micro, advantages, rows, cfg, masked=partners is not None)
+        out, policy_mask = _ppo_terms(current, ref, part, micro, advantages, rows, cfg, partners is not None, correction, totals if real else None)
         embedding = _embedding_terms(current, micro, rows, partners, cfg, embedding_count)
         loss = out.loss if embedding is None else out.loss + algorithm.embedding_loss_coef * embedding.loss
         (loss * (policy.loss_scale if real else 0.0)).backward()
@@ -235,18 +306,32 @@ def _ppo_terms(
     rows: MiniBatch,
     cfg: TrainConfig,
     masked: bool,
+    correction: Correction | None = None,
+    totals: StepTotals | None = None,
 ) -> tuple[LossOutput, torch.Tensor]:
     """PPO surrogate, KL and entropy terms of the micro-batch ``part`` (rows ``micro`` [B] of the rollouts),
-    divided by the mini-batch's ``rows.normaliser``; and the [B, T] bool mask of tokens they count."""
+    divided by the mini-batch's ``rows.normaliser``; and the [B, T] bool mask of tokens they count. The
+    rollout mismatch and importance weights are added to ``totals`` (None: a filler micro-batch, not logged)."""
     algorithm = cfg.algorithm
     device = current.logprobs.device
     # Rows forwarded only for the embedding loss contribute no PPO term (a mask of False removes them).
     policy_mask = part.rationale_mask.to(device)
     if masked:
         policy_mask = policy_mask & rows.policy_rows[micro].to(device).unsqueeze(1)
+    old, weights = part.logprobs.to(device), None
+    if correction is not None:
+        rollout_logprobs = correction.rollout_logprobs[micro, : old.shape[1]].to(device)
+        if correction.measure and totals is not None:
+            totals.add_mismatch(mismatch_sums(current.logprobs.detach(), rollout_logprobs, policy_mask))
+        if correction.level is not None:
+            if not correction.recomputed:  # one update per step: this forward is the trainer's old policy
+                old = current.logprobs.detach()
+            weights = truncated_importance_weights(old, rollout_logprobs, policy_mask, cap=correction.cap, level=correction.level)
+            if totals is not None:
+                totals.add_weights(weights, policy_mask, correction.cap)
     out = ppo_loss(
         current.logprobs,
-        part.logprobs.to(device),
+        old,
         advantages[micro].to(device),
         policy_mask,
         clip_low=algorithm.clip_low,
@@ -258,6 +343,7 @@ def _ppo_terms(
         kl_estimator=algorithm.kl_estimator,
         entropy=current.entropy,
         entropy_coef=algorithm.entropy_coef,
+        importance_weights=weights,
     )
     return out, policy_mask
 
@@ -295,7 +381,11 @@ def _logged_entropy(current: PolicyOutput, policy_mask: torch.Tensor, masked: bo
 
 
 @torch.no_grad()
-def _logprobs_in_chunks(policy: Parallel, batch: RolloutBatch, rows: torch.Tensor, cfg: TrainConfig, autocast) -> torch.Tensor:
+def _logprobs_in_chunks(
+    policy: Parallel, batch: RolloutBatch, rows: torch.Tensor, cfg: TrainConfig, autocast, totals: StepTotals | None = None
+) -> torch.Tensor:
+    """[R, T] the trainer's log-probs of ``rows`` (the rollout's elsewhere), no gradient; their mismatch with
+    the rollout's is added to ``totals``."""
     logprobs = batch.logprobs.clone()
     for micro, real in policy.micro_batches(rows, cfg.trainer.micro_batch_size):
         part = batch.select(micro)
@@ -303,4 +393,7 @@ def _logprobs_in_chunks(policy: Parallel, batch: RolloutBatch, rows: torch.Tenso
             values = policy_logprobs(policy.module, part).logprobs.float().to(logprobs.device)
         if real:
             logprobs[micro, : values.shape[1]] = values
+            if totals is not None:
+                rollout_logprobs = part.logprobs[:, : values.shape[1]].to(values.device)
+                totals.add_mismatch(mismatch_sums(values, rollout_logprobs, part.rationale_mask.to(values.device)))
     return logprobs

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from grace.config import TrainConfig, reward_components, role_max_new_tokens, role_samples, rollout_roles
+from grace.config import TrainConfig, plain_documents, reward_components, role_max_new_tokens, role_samples, rollout_roles
 from grace.data import Sentence, Triplet
 from grace.data.roles import Role
 from grace.distributed.ranks import local_examples, max_over_ranks
@@ -31,7 +31,7 @@ from grace.embedding.pipeline import Decoding, EmbeddingConfig
 from grace.generation.rollout import RoleSampling, RolloutBatch, RolloutRequest, expand_requests, rollout
 from grace.generation.sampling import derived_seed
 from grace.objectives.base import Objective, StepResult, TrainContext
-from grace.objectives.policy_gradient.advantages import compute_advantages
+from grace.objectives.policy_gradient.advantages import compute_advantages, per_component_advantages
 from grace.objectives.policy_gradient.embedding_loss import EmbeddingPartners, rollout_partners
 from grace.objectives.policy_gradient.global_batch import SharedRollout
 from grace.objectives.policy_gradient.ppo_update import UpdateStats, ppo_update
@@ -54,6 +54,10 @@ class PolicyGradient(Objective):
     def embedding(self) -> EmbeddingConfig:
         return rationale_embedding(self.context.cfg)
 
+    @property
+    def query_embedding(self) -> EmbeddingConfig | None:
+        return query_rationale_embedding(self.context.cfg)
+
     def updates_per_step(self) -> int:
         cfg = self.context.cfg
         return cfg.algorithm.ppo_epochs * (cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size))
@@ -63,9 +67,7 @@ class PolicyGradient(Objective):
         sampled = self.sample(step, examples)
         everyone, rewards = sampled.everyone, sampled.rewards
         key = everyone.group * len(Role) + everyone.role  # advantage groups: (example, role)
-        advantages = compute_advantages(
-            rewards.total, key, rewards.trained, estimator=cfg.algorithm.estimator, scale_by_std=cfg.algorithm.scale_by_std
-        )
+        advantages, parts = step_advantages(cfg, rewards, key)
 
         # Policy update of this rank's rows, with the embedding loss against the rollout's own (detached)
         # embeddings if asked (its candidates: the whole global batch).
@@ -79,9 +81,13 @@ class PolicyGradient(Objective):
         )  # fmt: skip
 
         return StepResult(
-            metrics=step_metrics(cfg, everyone, rewards, advantages, key, update, sampled.rollout_seconds, sampled.gather_seconds),
+            metrics={
+                **step_metrics(cfg, everyone, rewards, advantages, key, update, sampled.rollout_seconds, sampled.gather_seconds),
+                **component_advantage_metrics(parts, rewards.trained),
+            },
             updates=update.updates,
             rationales=sample_rationales(sampled.local, rewards.total[own], advantages[own], context.tokenizer, cfg.trainer.rationale_log_count),
+            skipped_updates=update.skipped,
         )
 
     def sample(self, step: int, examples: Sequence[Triplet | Sentence]) -> "Sampled":
@@ -113,6 +119,8 @@ class PolicyGradient(Objective):
         everyone = SharedRollout.gather(batch, rows, texts)
         gather_seconds = time.perf_counter() - gather_started
         rewards = self.reward(everyone.reward_inputs(step, self.decode))
+        if plain_documents(cfg):  # documents write no rationale: nothing of theirs to train
+            rewards.trained = rewards.trained & (everyone.role == Role.QUERY).to(rewards.trained.device)
         return Sampled(batch, rows, everyone, rewards, rollout_seconds, gather_seconds)
 
     def decode(self, ids: list[int]) -> str:
@@ -132,13 +140,51 @@ class Sampled:
 
 
 def rationale_embedding(cfg: TrainConfig) -> EmbeddingConfig:
-    """How a policy trained to write rationales embeds: greedy rationales of the positive role's length."""
+    """How a policy trained to write rationales embeds documents: greedy rationales of the positive role's
+    length; with embedding.rationales=queries, plain text (no rationale), as the documents were trained."""
+    if plain_documents(cfg):
+        return EmbeddingConfig(cfg.embedding.system_prompt, cfg.embedding.pooling, cfg.embedding.max_prompt_tokens, rationale=False)
     return EmbeddingConfig(
         system_prompt=cfg.embedding.system_prompt,
         pooling=cfg.embedding.pooling,
         max_prompt_tokens=cfg.embedding.max_prompt_tokens,
         decoding=Decoding(max_new_tokens=role_max_new_tokens(cfg, "positive")),
     )
+
+
+def query_rationale_embedding(cfg: TrainConfig) -> EmbeddingConfig | None:
+    """How queries embed when they differ from documents (embedding.rationales=queries): greedy rationales of
+    the query role's length. None: as documents."""
+    if not plain_documents(cfg):
+        return None
+    return EmbeddingConfig(
+        system_prompt=cfg.embedding.system_prompt,
+        pooling=cfg.embedding.pooling,
+        max_prompt_tokens=cfg.embedding.max_prompt_tokens,
+        decoding=Decoding(max_new_tokens=role_max_new_tokens(cfg, "query")),
+    )
+
+
+def step_advantages(cfg: TrainConfig, rewards: RewardBreakdown, key: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Advantages [R] of the global batch by ``algorithm.normalize``, and (per_component only) each reward
+    component's part [R] of them; ``key`` [R]: the advantage group of each row."""
+    algorithm = cfg.algorithm
+    if algorithm.normalize != "per_component":
+        total = compute_advantages(rewards.total, key, rewards.trained, estimator=algorithm.estimator, scale_by_std=algorithm.scale_by_std)
+        return total, {}
+    # The composed reward's weights hold only scheduled components; the others' weight is their config weight.
+    weights = {c: rewards.weights.get(c, float(reward_components(cfg)[c].weight)) for c in rewards.components}
+    return per_component_advantages(rewards.components, weights, key, rewards.trained, estimator=algorithm.estimator)
+
+
+def component_advantage_metrics(parts: dict[str, torch.Tensor], trained: torch.Tensor) -> dict[str, float]:
+    """``advantage/<component>_std`` and ``_abs_mean`` over the trained rows: how much each reward component
+    moves the advantage (algorithm.normalize=per_component; empty otherwise)."""
+    metrics = {}
+    for name, part in parts.items():
+        metrics[f"advantage/{name}_std"] = float(part[trained].std(unbiased=False))
+        metrics[f"advantage/{name}_abs_mean"] = float(part[trained].abs().mean())
+    return metrics
 
 
 def global_rows(examples: list[int], per_example: int) -> torch.Tensor:
@@ -224,6 +270,7 @@ def step_metrics(
             "loss/kl": update.kl,
             "loss/entropy": update.entropy,
             "loss/ratio_max": update.ratio_max,
+            **update.rollout,  # rollout/logprob_mismatch_*: the engine's log-probs against the update forward's
         }
     )
     if cfg.algorithm.embedding_loss_coef > 0:
