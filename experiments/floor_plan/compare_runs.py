@@ -1,8 +1,9 @@
 """Two runs' metrics.jsonl, step by step, timing aside: identical, or the first differences.
 
-    python experiments/floor_plan/compare_runs.py RUN_A RUN_B
+    python experiments/floor_plan/compare_runs.py RUN_A RUN_B [--common]
 
 Exit status 0 when every non-timing value of every step is equal (NaN equals NaN), 1 otherwise.
+``--common``: compare only the keys both runs logged (a newer version may log more metrics).
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ def same(a, b) -> bool:
 
 def main() -> int:
     a, b = (rows(Path(p)) for p in sys.argv[1:3])
+    common = "--common" in sys.argv[3:]
     differences = [
         f"step {row_a.get('step')}: {key} = {row_a.get(key)!r} vs {row_b.get(key)!r}"
         for row_a, row_b in zip(a, b)
-        for key in sorted(set(row_a) | set(row_b))
+        for key in sorted(set(row_a) & set(row_b) if common else set(row_a) | set(row_b))
         if not same(row_a.get(key), row_b.get(key))
     ]
     if len(a) != len(b):
