@@ -127,15 +127,15 @@ def _stopped(program: str, error: Exception, multirun: bool, finisher) -> float:
 
     Under a sweep a non-finite run is a bad trial, not a broken search: the sweeper gets the worst value
     (``sweep.diverged_value``); a preempted job fails (its requeue, or the same command, continues it)."""
+    from grace.numerics.errors import EXIT_NON_FINITE
     from grace.runs.sweep_value import worst_value
-    from grace.training.nonfinite import EXIT_DIVERGED
     from grace.training.preemption import EXIT_PREEMPTED, Preempted
 
     preempted = isinstance(error, Preempted)
     message = f"{'preempted' if preempted else 'non-finite value'}: {' '.join(str(error).split())}"
     if not multirun:
         print(f"{program}: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_PREEMPTED if preempted else EXIT_DIVERGED) from None
+        raise SystemExit(EXIT_PREEMPTED if preempted else EXIT_NON_FINITE) from None
     job = HydraConfig.get().job
     if preempted:
         print(f"{program}: job {job.num} ({job.override_dirname}) {message}", file=sys.stderr)

@@ -70,12 +70,24 @@ def apply_update(
     return UpdateOutcome(grad_norm, applied=True)
 
 
-def check_weights(model: torch.nn.Module) -> None:
-    """Raise ``NonFiniteWeights`` naming the first tensors if any parameter holds NaN or an infinity (on any rank:
-    under FSDP each rank reads its own shard, ``to_local``)."""
-    named = ((name, p.to_local() if hasattr(p, "to_local") else p) for name, p in model.named_parameters() if p.requires_grad)
+def nonfinite_weights(model: torch.nn.Module, *, trainable_only: bool = False) -> tuple[list[str], int] | None:
+    """None when every weight of ``model`` is finite on every rank; else (the first names, how many tensors) of
+    this rank's non-finite ones (0 when only another rank's hold some). A collective: every rank calls it.
+    Under FSDP each rank reads its own shard (``to_local``)."""
+    named = (
+        (name, p.to_local() if hasattr(p, "to_local") else p)
+        for name, p in model.named_parameters()
+        if p.requires_grad or not trainable_only
+    )
     names, count = first_nonfinite_tensors(named)
-    if bool(max_over_ranks(float(count))):
+    return (names, count) if bool(max_over_ranks(float(count))) else None
+
+
+def check_weights(model: torch.nn.Module) -> None:
+    """Raise ``NonFiniteWeights`` naming the first tensors if any trained parameter holds NaN or an infinity."""
+    found = nonfinite_weights(model, trainable_only=True)
+    if found is not None:
+        names, count = found
         where = f"{count} tensors, first {names}" if count else "tensors of another rank's shard"
         raise NonFiniteWeights(
             f"the weights are not finite after an optimizer update with finite gradients ({where}): an overflow, "

@@ -16,11 +16,8 @@ from typing import Any
 
 import torch
 
-from grace.distributed.ranks import max_over_ranks
-from grace.numerics.errors import EXIT_NON_FINITE, NonFiniteError
-from grace.numerics.finite import first_nonfinite_tensors
-
-EXIT_DIVERGED = EXIT_NON_FINITE  # grace-train's exit status for a run stopped on a non-finite value
+from grace.numerics.errors import NonFiniteError
+from grace.objectives.optimizer import nonfinite_weights
 
 
 class Diverged(NonFiniteError):
@@ -68,9 +65,9 @@ class SkippedUpdates:
 def check_finite_weights(model: torch.nn.Module, what: str) -> None:
     """Raise ``NonFiniteError`` if any weight of ``model`` (every rank's own shard under FSDP) is NaN or infinite;
     ``what`` names the model in the message ("model.source=...", "the weights to save at step 4")."""
-    named = ((name, p.to_local() if hasattr(p, "to_local") else p) for name, p in model.named_parameters())
-    names, count = first_nonfinite_tensors(named)
-    if bool(max_over_ranks(float(count))):  # every rank raises, none waits in a collective for the others
+    found = nonfinite_weights(model)  # a collective: every rank raises, none waits for the others
+    if found is not None:
+        names, count = found
         where = f"{count} tensors hold NaN or infinite values, first {names}" if count else "another rank's shard holds NaN or infinite values"
         raise NonFiniteError(f"{what}: {where}")
 
