@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,7 +37,7 @@ from grace.cli.shared_arguments import (
 )
 from grace.embedding.encoder import ROLES, GraceEncoder
 from grace.storage.integrity import is_disk_full
-from grace.storage.staging import current_umask
+from grace.storage.staging import atomic_file
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -169,14 +166,14 @@ def _prepare(output: Path, job: dict, overwrite: bool, provenance: dict) -> bool
 
 def _is_empty_output(output: Path) -> bool:
     """A directory with nothing of the user's in it: empty, or holding only the temporary manifest of a run
-    killed during its first manifest write (``_atomic`` names it ``.manifest.json.<random>.tmp``)."""
+    killed during its first manifest write (``atomic_file`` names it ``.manifest.json.<random>.tmp``)."""
     if not output.is_dir():
         return False
     return all(p.name.startswith(f".{MANIFEST}.") and p.name.endswith(".tmp") for p in output.iterdir())
 
 
 def _remove_temporaries(output: Path) -> None:
-    """Temporary files of runs killed while writing; never mistaken for results (see ``_atomic``)."""
+    """Temporary files of runs killed while writing; never mistaken for results (see ``atomic_file``)."""
     for stale in [*(output / CHUNKS).glob(".*.tmp"), *output.glob(".*.tmp")]:
         stale.unlink()
 
@@ -221,9 +218,9 @@ def _encode_chunk(
         json.dumps({"id": r.id, "rationale": why, "truncated": bool(cut)}, ensure_ascii=False) + "\n"
         for r, why, cut in zip(chunk, result.rationales, result.truncated)
     ]
-    with _atomic(rationales) as temporary:
+    with atomic_file(rationales) as temporary:
         temporary.write_text("".join(lines), encoding="utf-8")
-    with _atomic(vectors) as temporary:
+    with atomic_file(vectors) as temporary:
         with open(temporary, "wb") as handle:
             np.save(handle, result.embeddings.astype(np.float32))
 
@@ -232,7 +229,7 @@ def _assemble(output: Path, count: int, dim: int, n_chunks: int) -> None:
     """Chunks -> ``embeddings.npy`` + ``rationales.jsonl``, each renamed into place whole; the embeddings
     are copied chunk by chunk into a memory-mapped file, so the input never has to fit in memory."""
     chunks = output / CHUNKS
-    with _atomic(output / EMBEDDINGS) as temporary:
+    with atomic_file(output / EMBEDDINGS) as temporary:
         target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(count, dim))
         row = 0
         for number in range(n_chunks):
@@ -243,31 +240,15 @@ def _assemble(output: Path, count: int, dim: int, n_chunks: int) -> None:
         del target
         if row != count:
             raise RuntimeError(f"assembled {row} rows from {chunks}, expected {count}")
-    with _atomic(output / RATIONALES) as temporary:
+    with atomic_file(output / RATIONALES) as temporary:
         with open(temporary, "wb") as handle:
             for number in range(n_chunks):
                 with open(_chunk_paths(chunks, number)[1], "rb") as part:
                     shutil.copyfileobj(part, handle)
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block finishes."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it private; the result should not be
-    try:
-        yield temporary
-        with open(temporary, "rb+") as synced:
-            os.fsync(synced.fileno())  # the data is on disk before the name points to it
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, value: dict) -> None:
-    with _atomic(path) as temporary:
+    with atomic_file(path) as temporary:
         temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 

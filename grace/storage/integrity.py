@@ -15,9 +15,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Sequence
+
+from grace.storage.staging import atomic_file
 
 MANIFEST_FILE = "file_manifest.json"
 MANIFEST_VERSION = 1
@@ -45,11 +46,8 @@ def write_file_manifest(directory: Path, editable: Sequence[str] = ()) -> Path:
             entry["sha256"] = _sha256(path)
         files[name] = entry
     target = directory / MANIFEST_FILE
-    temporary = directory / f".{MANIFEST_FILE}.tmp"
-    temporary.write_text(json.dumps({"format_version": MANIFEST_VERSION, "files": files}, indent=1) + "\n")
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())  # the listed files' data was written before; the manifest is on disk before its name
-    os.replace(temporary, target)
+    with atomic_file(target) as temporary:  # on disk before its name: a manifest is whole or absent
+        temporary.write_text(json.dumps({"format_version": MANIFEST_VERSION, "files": files}, indent=1) + "\n")
     return target
 
 

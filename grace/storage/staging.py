@@ -78,3 +78,21 @@ def current_umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block finishes, its data
+    synced to disk first, so a reader finds the old file or the whole new one (``.<name>.<random>.tmp`` while
+    writing: debris of a killed writer, never mistaken for the file)."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it private; the result should not be
+    try:
+        yield temporary
+        with open(temporary, "rb+") as synced:
+            os.fsync(synced.fileno())  # the data is on disk before the name points to it
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
