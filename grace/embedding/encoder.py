@@ -60,6 +60,10 @@ class EncodeResult:
     embeddings: np.ndarray  # [N, H] float32, L2-normalised ([H] for one str)
     rationales: list[str] | str  # [N] rationale behind each embedding ("" without rationale; a str for one str)
     truncated: np.ndarray  # [N] bool, the rationale hit its length limit ([] for one str)
+    # What this call cost: the distinct texts it embedded and the tokens of their rationales (the first sample's,
+    # EOS included; 0 without a rationale). Texts the embedding cache served count in neither.
+    computed_texts: int = 0
+    rationale_tokens: int = 0
 
 
 class GraceEncoder:
@@ -201,6 +205,7 @@ class GraceEncoder:
             if progress is not None and found:
                 progress(len(found))
         missing = [text for text in unique if text not in found]
+        rationale_tokens = 0
         if missing:
             out = embed(
                 self.model,
@@ -213,6 +218,7 @@ class GraceEncoder:
                 options=self.generation,
             )
             self._check_finite(out.embeddings, missing)  # before the cache: a NaN vector is never stored nor served
+            rationale_tokens = int(out.rationale_lengths.sum()) if config.rationale else 0
             computed = {
                 text: CachedEmbedding(out.embeddings[i].numpy(), out.rationales[i], bool(out.truncated[i]))
                 for i, text in enumerate(missing)
@@ -220,15 +226,17 @@ class GraceEncoder:
             if self.cache is not None:
                 self.cache.put_many({keys[text]: entry for text, entry in computed.items()})
             found.update(computed)
+        cost = {"computed_texts": len(missing), "rationale_tokens": rationale_tokens}
         if not texts:
             return EncodeResult(np.zeros((0, self.embedding_dim), np.float32), [], np.zeros(0, bool))
         if one:
             entry = found[texts[0]]
-            return EncodeResult(entry.embedding.astype(np.float32), entry.rationale, np.array(entry.truncated))
+            return EncodeResult(entry.embedding.astype(np.float32), entry.rationale, np.array(entry.truncated), **cost)
         return EncodeResult(
             embeddings=np.stack([found[t].embedding for t in texts]).astype(np.float32),
             rationales=[found[t].rationale for t in texts],
             truncated=np.array([found[t].truncated for t in texts], dtype=bool),
+            **cost,
         )
 
     def _check_finite(self, embeddings: torch.Tensor, texts: list[str]) -> None:

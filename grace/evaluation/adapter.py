@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -99,11 +100,26 @@ class EncodeStats:
 
     texts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))  # occurrences, not unique
     truncated: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
+    # The cost side: distinct texts computed (not served by the embedding cache), their rationale tokens (EOS
+    # included, 0 for a role without a rationale) and the wall seconds encode spent on them, all roles together.
+    computed_texts: int = 0
+    rationale_tokens: int = 0
+    seconds: float = 0.0
 
     @property
     def truncation_rate(self) -> float | None:
         total = sum(self.texts.values())
         return sum(self.truncated.values()) / total if total else None
+
+    @property
+    def rationale_tokens_per_text(self) -> float | None:
+        """Mean rationale tokens per computed text (texts embedded without a rationale count 0); None: none computed."""
+        return self.rationale_tokens / self.computed_texts if self.computed_texts else None
+
+    @property
+    def texts_per_second(self) -> float | None:
+        """Distinct texts embedded per wall second of encoding (generation included); None: none computed."""
+        return self.computed_texts / self.seconds if self.computed_texts and self.seconds > 0 else None
 
 
 class GraceMtebEncoder(AbsEncoder):
@@ -161,6 +177,7 @@ class GraceMtebEncoder(AbsEncoder):
         row_of = {text: row for row, text in enumerate(unique)}
         embeddings = np.zeros((len(unique), self.encoder.embedding_dim), dtype=np.float32)
         truncated = np.zeros(len(unique), dtype=bool)
+        started = time.perf_counter()
         with tqdm(
             total=len(unique),
             desc=f"{task_metadata.name} {role}s" + (" + rationale" if config.rationale else ""),
@@ -178,6 +195,9 @@ class GraceMtebEncoder(AbsEncoder):
                 )
                 embeddings[start : start + len(result.embeddings)] = result.embeddings
                 truncated[start : start + len(result.truncated)] = result.truncated
+                self.stats.computed_texts += result.computed_texts
+                self.stats.rationale_tokens += result.rationale_tokens
+        self.stats.seconds += time.perf_counter() - started
         rows = [row_of[text] for text in texts]
         self.stats.texts[role] += len(texts)
         self.stats.truncated[role] += int(truncated[rows].sum())

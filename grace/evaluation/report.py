@@ -31,6 +31,10 @@ class EncoderResult:
     eval_seconds: float = 0.0  # wall time of mteb.evaluate for this encoder, all tasks
     texts_embedded: int = 0  # occurrences passed to encode, before de-duplication and caching
     truncation_rate: float | None = None  # share of those texts whose rationale hit max_new_tokens
+    # The cost of a row, over the distinct texts it computed (not served by a cache): rationale tokens per text
+    # (EOS included; a role without a rationale counts 0) and texts embedded per wall second, generation included.
+    rationale_tokens_per_text: float | None = None
+    texts_per_second: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # the embedding settings, both roles
     from_cache: bool = False  # scores read from mteb's result cache: nothing was embedded or timed
 
@@ -51,18 +55,22 @@ class ComparisonTable:
     def to_markdown(self) -> str:
         """A GitHub markdown table, scores x100 with two decimals, then the per-row details."""
         header = ["encoder", "rationale", *[f"{_short(t)} ({self.main_scores.get(t, '?')})" for t in self.tasks]]
-        header += ["mean", "truncated", "eval time"]
+        header += ["mean", "truncated", "tokens/text", "texts/s", "eval time"]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
         for row in self.rows:
             cells = [row.label, "yes" if row.rationale else "no"]
             cells += [_score(row.scores.get(task)) for task in self.tasks]
             cells += [_score(row.mean(self.tasks))]
             cells += ["-" if row.truncation_rate is None else f"{100 * row.truncation_rate:.0f}%"]
+            cells += ["-" if row.rationale_tokens_per_text is None else f"{row.rationale_tokens_per_text:.1f}"]
+            cells += ["-" if row.texts_per_second is None else f"{row.texts_per_second:.1f}"]
             cells += ["cached" if row.from_cache else _duration(row.eval_seconds)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append("Main score x100 per task; `mean` over all columns. `truncated`: share of embedded texts whose")
-        lines.append("rationale hit the length limit; `cached`: scores read back from mteb's result cache.")
+        lines.append("rationale hit the length limit; `tokens/text`: rationale tokens per distinct text computed (EOS")
+        lines.append("included, 0 without a rationale); `texts/s`: distinct texts embedded per wall second, generation")
+        lines.append("included (`-`: every text came from a cache); `cached`: scores read back from mteb's result cache.")
         lines.append("Raw mteb results, per model name and revision:")
         lines.extend(f"- {row.label}: `{row.model_name}` revision `{row.revision}`" for row in self.rows)
         settings = self.context.get("settings")

@@ -231,6 +231,8 @@ def _row(label: str, encoder: AbsEncoder, result: ModelResult, load: float, elap
         eval_seconds=round(elapsed, 2),
         texts_embedded=sum(grace.stats.texts.values()) if grace else 0,
         truncation_rate=grace.stats.truncation_rate if grace and grace.rationale else None,
+        rationale_tokens_per_text=grace.stats.rationale_tokens_per_text if grace else None,
+        texts_per_second=grace.stats.texts_per_second if grace else None,
         # mteb's result cache answered every task: encode was never called, so time and truncation say nothing.
         from_cache=bool(grace) and sum(grace.stats.texts.values()) == 0,
         settings=_settings_record(grace) if grace else {},

@@ -27,6 +27,7 @@ from wandb_offline import exit_code, records, run_file, summary
 
 import grace.embedding.encoder
 from grace.cli import eval as cli
+from grace.embedding.cache import EmbeddingCache
 from grace.embedding.encoder import GraceEncoder
 from grace.embedding.pipeline import EmbeddingConfig, embed
 from grace.evaluation import runner
@@ -93,6 +94,26 @@ def test_chunks_give_the_same_embeddings_as_one_call(tiny_encoder) -> None:
     chunked = GraceMtebEncoder(tiny_encoder, options, chunk_size=1)
     np.testing.assert_allclose(encode(chunked, TEXTS), whole, atol=1e-6)
     assert chunked.stats.texts["document"] == len(TEXTS)
+
+
+def test_the_cost_of_a_row_counts_distinct_texts_and_their_rationale_tokens(tiny, tmp_path) -> None:
+    model, tokenizer = tiny
+    unique = list(dict.fromkeys(TEXTS))  # TEXTS repeats one text: computed once
+    options = EmbeddingOptions(rationale=True, max_new_tokens=4, batch_size=2)
+    written = embed(model, tokenizer, unique, options.apply(EmbeddingConfig()), batch_size=2)
+    encoder = GraceEncoder(model, tokenizer, name=TINY_RANDOM, cache=EmbeddingCache(tmp_path / "cache.sqlite"))
+    adapter = GraceMtebEncoder(encoder, options, chunk_size=2)
+    encode(adapter, TEXTS)
+    assert adapter.stats.computed_texts == len(unique) == 3
+    assert adapter.stats.rationale_tokens == int(written.rationale_lengths.sum()) > 0  # EOS included
+    assert adapter.stats.rationale_tokens_per_text == adapter.stats.rationale_tokens / 3
+    assert adapter.stats.texts_per_second > 0
+    served = GraceMtebEncoder(encoder, options)  # the same texts again: the embedding cache answers, nothing is computed
+    encode(served, TEXTS)
+    assert (served.stats.computed_texts, served.stats.rationale_tokens_per_text, served.stats.texts_per_second) == (0, None, None)
+    plain = GraceMtebEncoder(encoder, EmbeddingOptions(rationale=False))
+    encode(plain, TEXTS)
+    assert (plain.stats.computed_texts, plain.stats.rationale_tokens_per_text) == (3, 0.0)
 
 
 def test_an_empty_text_fails_before_any_chunk_is_embedded(tiny_encoder, monkeypatch) -> None:
