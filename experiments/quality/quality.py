@@ -43,7 +43,13 @@ METHODS = {  # experiment overlay -> row name; order of the table
     "quality_contrastive": "contrastive fine-tuning (sup.)",
     "quality_grace_unsupervised": "GRACE (unsup.)",
     "quality_simcse": "SimCSE (unsup.)",
+    # Third pass: one 2026 policy option each, against quality_grace_no_truncation_rule at the same budget.
+    "quality_option_per_component": "option: per-component normalisation (GDPO)",
+    "quality_option_constant": "option: constant aggregation (Dr. GRPO)",
+    "quality_option_queries": "option: rationales for queries only",
+    "quality_option_64_tokens": "option: 64-token rationales",
 }
+DEFAULT_TRAINED = [m for m in METHODS if not m.startswith("quality_option_")]  # `train` without --methods: the 7 methods
 BASE = "packaged:smollm2-135m"
 # Overrides left out of a run's directory name: conf/train.yaml's list plus the budget and the progress bar.
 NOT_IN_RUN_NAME = ("trainer.output_dir", "trainer.resume", "logger", "logger.progress_bar", "trainer.max_steps", "hydra.sweep.dir", "hparams_search")
@@ -127,9 +133,13 @@ def evaluate(args: argparse.Namespace) -> None:
     (out / "quality.md").write_text(f"{markdown}\nOne evaluation setting for every row: {setting}. Every row: {out / 'eval' / 'results.md'}\n")
     records = [{"method": s.method, "runs": s.runs, "rationale": s.rationale, "mean": s.mean, "spread": s.spread} for s in summaries]
     rows = [
-        {"label": row.label, **trained.get(row.label, {"method": row.label}), "scores": {**row.scores, "mean": row.mean(table.tasks)}}
+        {
+            "label": row.label, **trained.get(row.label, {"method": row.label}), "scores": {**row.scores, "mean": row.mean(table.tasks)},
+            "truncation_rate": row.truncation_rate, "rationale_tokens_per_text": row.rationale_tokens_per_text,
+            "texts_per_second": row.texts_per_second, "from_cache": row.from_cache,
+        }
         for row in table.rows
-    ]  # one per evaluated row: scores.py draws held-out score against training time from these
+    ]  # one per evaluated row: scores.py draws held-out score against training time, costs.py against tokens per text
     (out / "quality.json").write_text(json.dumps({"setting": setting, "tasks": table.tasks, "methods": records, "rows": rows}, indent=2) + "\n")
     print(markdown)
 
@@ -175,7 +185,7 @@ def main() -> None:
     train_parser = commands.add_parser("train", help="train every method and seed (Hydra multirun, resumable)")
     train_parser.add_argument("--out", default="outputs/quality")
     train_parser.add_argument("--seeds", default="0,1,2")
-    train_parser.add_argument("--methods", default=",".join(METHODS))
+    train_parser.add_argument("--methods", default=",".join(DEFAULT_TRAINED), help="default: the 7 methods; the options by name")
     evaluate_parser = commands.add_parser("evaluate", help="evaluate every run's newest checkpoint and the base rows")
     evaluate_parser.add_argument("--out", default="outputs/quality")
     evaluate_parser.add_argument("--methods", default=",".join(METHODS), help="evaluate these methods' runs (the base rows always)")

@@ -1,0 +1,101 @@
+"""Quality against cost: held-out score against rationale tokens per text, from the study's evaluations.
+
+    python experiments/quality/costs.py outputs/quality/third/quality_step18.json [more.json ...] --figure experiments/quality/figures/cost.png
+
+Reads the ``quality.json`` snapshots ``quality.py evaluate`` wrote (each row with its scores, its rationale
+tokens per distinct text and texts embedded per second, measured while it was evaluated), groups the rows of
+each method (mean ± sample std over seeds), prints one markdown table (method, runs, tokens/text, texts/s,
+mean score) and draws the mean score against tokens per text: a plain encoder sits at 0 tokens, a GRACE row
+pays one generation per text. A row whose every text came from a cache has no cost figures and is left out of
+the cost columns (its score still counts). Rows of several snapshots with the same label are kept apart by the
+snapshot's file name (e.g. the 64-token setting's base + rationale).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Method:
+    """The evaluated rows of one method in one snapshot."""
+
+    name: str
+    scores: list[float] = field(default_factory=list)  # 3-task mean x100, one per row (seed)
+    tokens: list[float] = field(default_factory=list)  # rationale tokens per distinct text, rows that computed
+    speeds: list[float] = field(default_factory=list)  # distinct texts per wall second, rows that computed
+
+
+def read_methods(paths: list[Path]) -> list[Method]:
+    """One ``Method`` per method and snapshot, in the snapshots' row order. Raises SystemExit for a snapshot
+    without per-row cost records (written before quality.py kept them)."""
+    methods: dict[str, Method] = {}
+    for path in paths:
+        snapshot = json.loads(path.read_text())
+        suffix = "" if path.stem.startswith("quality") else f" [{path.stem}]"
+        for row in snapshot["rows"]:
+            if "rationale_tokens_per_text" not in row:
+                raise SystemExit(f"{path}: rows without rationale_tokens_per_text; evaluate again with this checkout's quality.py")
+            name = row["method"] + suffix
+            method = methods.setdefault(name, Method(name))
+            if row["scores"].get("mean") is not None:
+                method.scores.append(100 * row["scores"]["mean"])
+            if row["rationale_tokens_per_text"] is not None:
+                method.tokens.append(row["rationale_tokens_per_text"])
+            if row["texts_per_second"] is not None:
+                method.speeds.append(row["texts_per_second"])
+    return list(methods.values())
+
+
+def _spread(values: list[float], digits: int) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def to_markdown(methods: list[Method]) -> str:
+    lines = ["| method | runs | rationale tokens / text | texts / s | mean score |", "|---|---:|---:|---:|---:|"]
+    for m in methods:
+        lines.append(f"| {m.name} | {len(m.scores)} | {_spread(m.tokens, 1)} | {_spread(m.speeds, 1)} | {_spread(m.scores, 2)} |")
+    return "\n".join(lines)
+
+
+def draw(methods: list[Method], figure_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8.5, 4.6), layout="constrained")
+    axis = figure.subplots()
+    for m in methods:
+        if not m.tokens or not m.scores:
+            continue
+        x, y = statistics.fmean(m.tokens), statistics.fmean(m.scores)
+        xerr = statistics.stdev(m.tokens) if len(m.tokens) > 1 else 0.0
+        yerr = statistics.stdev(m.scores) if len(m.scores) > 1 else 0.0
+        axis.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=3, linestyle="none", label=m.name)
+    axis.set_xlabel("rationale tokens per text at evaluation (EOS included; 0: plain encoder)")
+    axis.set_ylabel("held-out main score x100, 3-task mean (± std over seeds)")
+    axis.grid(alpha=0.3)
+    figure.legend(*axis.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(figure_path, dpi=110)
+    print(f"wrote {figure_path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("snapshots", nargs="+", type=Path, help="quality.json files written by quality.py evaluate")
+    parser.add_argument("--figure", type=Path, help="draw score against rationale tokens per text here")
+    args = parser.parse_args()
+    methods = read_methods(args.snapshots)
+    print(to_markdown(methods))
+    if args.figure:
+        draw(methods, args.figure)
+
+
+if __name__ == "__main__":
+    main()
