@@ -6,9 +6,11 @@ Reads the ``quality.json`` snapshots ``quality.py evaluate`` wrote (each row wit
 tokens per distinct text and texts embedded per second, measured while it was evaluated), groups the rows of
 each method (mean ± sample std over seeds), prints one markdown table (method, runs, tokens/text, texts/s,
 mean score) and draws the mean score against tokens per text: a plain encoder sits at 0 tokens, a GRACE row
-pays one generation per text. A row whose every text came from a cache has no cost figures and is left out of
-the cost columns (its score still counts). Rows of several snapshots with the same label are kept apart by the
-snapshot's file name (e.g. the 64-token setting's base + rationale).
+pays one generation per text (the legend gives each row's texts embedded per second on the cores it ran on);
+a row with a score and no cost record (the reference encoder) is a dotted line. A row whose every text came
+from a cache has no cost figures and is left out of the cost columns (its score still counts). Rows of
+several snapshots with the same label are kept apart by the snapshot's file name (e.g. the 64-token
+setting's base + rationale).
 """
 from __future__ import annotations
 
@@ -68,16 +70,22 @@ def to_markdown(methods: list[Method]) -> str:
 def draw(methods: list[Method], figure_path: Path) -> None:
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8.5, 4.6), layout="constrained")
+    figure = Figure(figsize=(9.5, 4.8), layout="constrained")
     axis = figure.subplots()
+    drawn: dict[int, int] = {}  # rounded token count -> points already there: same-cost rows are drawn side by side
     for m in methods:
-        if not m.tokens or not m.scores:
+        if not m.scores:
+            continue
+        if not m.tokens:  # a reference encoder the study does not time (all-MiniLM-L6-v2): its score as a line
+            axis.axhline(statistics.fmean(m.scores), color="grey", linestyle=":", linewidth=1, label=m.name)
             continue
         x, y = statistics.fmean(m.tokens), statistics.fmean(m.scores)
-        xerr = statistics.stdev(m.tokens) if len(m.tokens) > 1 else 0.0
+        shift = 0.6 * drawn.get(round(x), 0)
+        drawn[round(x)] = drawn.get(round(x), 0) + 1
         yerr = statistics.stdev(m.scores) if len(m.scores) > 1 else 0.0
-        axis.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=3, linestyle="none", label=m.name)
-    axis.set_xlabel("rationale tokens per text at evaluation (EOS included; 0: plain encoder)")
+        speed = f" ({statistics.fmean(m.speeds):.1f} texts/s)" if m.speeds else ""
+        axis.errorbar(x + shift, y, yerr=yerr, marker="o", capsize=3, linestyle="none", label=m.name + speed)
+    axis.set_xlabel("rationale tokens per text at evaluation (EOS included; 0: plain encoder)\nrows of the same cost drawn side by side")
     axis.set_ylabel("held-out main score x100, 3-task mean (± std over seeds)")
     axis.grid(alpha=0.3)
     figure.legend(*axis.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
