@@ -73,6 +73,7 @@ class CrossedEncoder(GraceEncoder):
         sampling = {Role.QUERY: RoleSampling(1, decoding.temperature, decoding.top_p, decoding.max_new_tokens)}
         size = batch_size or self.batch_size
         found: dict[str, tuple[np.ndarray, bool]] = {}
+        rationale_tokens = 0  # the writer's generation: what a crossed row costs (EncodeResult's cost fields)
         for start in range(0, len(unique), size):
             chunk = unique[start : start + size]
             with torch.inference_mode():
@@ -86,11 +87,15 @@ class CrossedEncoder(GraceEncoder):
                 hidden, _ = hidden_and_logits(self.model, batch.sequence_ids, mask, position_ids(mask))
                 pooled = pool_hidden(hidden, batch.spans, config.pooling)
             found.update({text: (pooled[i].numpy(), bool(batch.truncated[i])) for i, text in enumerate(chunk)})
+            rationale_tokens += int(batch.rationale_lengths.sum())
             if progress is not None:
                 progress(len(chunk))
         embeddings = np.stack([found[t][0] for t in texts]).astype(np.float32)
         truncated = np.array([found[t][1] for t in texts], dtype=bool)
-        return EncodeResult(embeddings[0], "", truncated[0]) if one else EncodeResult(embeddings, [""] * len(texts), truncated)
+        cost = {"computed_texts": len(unique), "rationale_tokens": rationale_tokens}
+        if one:
+            return EncodeResult(embeddings[0], "", truncated[0], **cost)
+        return EncodeResult(embeddings, [""] * len(texts), truncated, **cost)
 
 
 def self_check(encoder: GraceEncoder, settings) -> None:

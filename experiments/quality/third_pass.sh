@@ -17,14 +17,15 @@ OUT=${OUT:-outputs/quality/third}
 PYTHON=${PYTHON:-.venv/bin/python}
 TASKS=GraceLeeSTS,GracePangLeePolarity,GraceChatterbotRetrieval
 BASELINE=quality_grace_no_truncation_rule
-OPTIONS=quality_option_per_component,quality_option_constant,quality_option_queries,quality_option_64_tokens
+OPTIONS_AT_32=quality_option_per_component,quality_option_constant,quality_option_queries  # evaluated at 32 tokens
+OPTIONS="$OPTIONS_AT_32,quality_option_64_tokens"
 QUALITY="$PYTHON experiments/quality/quality.py"
 
 case "${1:-}" in
   options-train)
     $QUALITY train --out "$OUT" --methods "$BASELINE,$OPTIONS" -- trainer.max_steps=18 logger.progress_bar=false ;;
   options-evaluate)
-    $QUALITY evaluate --out "$OUT" --methods "$BASELINE,${OPTIONS%,quality_option_64_tokens}" --tasks "$TASKS"
+    $QUALITY evaluate --out "$OUT" --methods "$BASELINE,$OPTIONS_AT_32" --tasks "$TASKS"
     cp "$OUT/quality.json" "$OUT/quality_step18.json" ;;
   tokens64-evaluate)
     $QUALITY evaluate --out "$OUT" --methods quality_option_64_tokens --tasks "$TASKS" --max-new-tokens 64 --no-reference
