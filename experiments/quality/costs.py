@@ -4,7 +4,7 @@
 
 Reads the ``quality.json`` snapshots ``quality.py evaluate`` wrote (each row with its scores, its rationale
 tokens per distinct text and texts embedded per second, measured while it was evaluated), groups the rows of
-each method (mean ± sample std over seeds), prints one markdown table (method, runs, tokens/text, texts/s,
+each method at each step (mean ± sample std over seeds), prints one markdown table (method, runs, tokens/text, texts/s,
 mean score) and draws the mean score against tokens per text: a plain encoder sits at 0 tokens, a GRACE row
 pays one generation per text (the legend gives each row's texts embedded per second on the cores it ran on);
 a row with a score and no cost record (the reference encoder) is a dotted line. A row whose every text came
@@ -23,7 +23,7 @@ from pathlib import Path
 
 @dataclass
 class Method:
-    """The evaluated rows of one method in one snapshot."""
+    """The evaluated rows of one method at one training step and evaluation setting."""
 
     name: str
     scores: list[float] = field(default_factory=list)  # 3-task mean x100, one per row (seed)
@@ -32,16 +32,22 @@ class Method:
 
 
 def read_methods(paths: list[Path]) -> list[Method]:
-    """One ``Method`` per method and snapshot, in the snapshots' row order. Raises SystemExit for a snapshot
+    """One ``Method`` per method and training step (``quality*.json`` snapshots of one setting together, any
+    other file as a setting of its own), in the snapshots' row order. A row is one measurement however many
+    snapshots repeat it (the base rows are in each): the first one counts. Raises SystemExit for a snapshot
     without per-row cost records (written before quality.py kept them)."""
     methods: dict[str, Method] = {}
+    seen: set[tuple[str, int | None]] = set()
     for path in paths:
         snapshot = json.loads(path.read_text())
         suffix = "" if path.stem.startswith("quality") else f" [{path.stem}]"
         for row in snapshot["rows"]:
             if "rationale_tokens_per_text" not in row:
                 raise SystemExit(f"{path}: rows without rationale_tokens_per_text; evaluate again with this checkout's quality.py")
-            name = row["method"] + suffix
+            if (row["label"] + suffix, row.get("step")) in seen:
+                continue
+            seen.add((row["label"] + suffix, row.get("step")))
+            name = row["method"] + (f", {row['step']} steps" if "step" in row else "") + suffix
             method = methods.setdefault(name, Method(name))
             if row["scores"].get("mean") is not None:
                 method.scores.append(100 * row["scores"]["mean"])

@@ -17,26 +17,31 @@ def _costs():
     return module
 
 
-def _row(method: str, mean: float, tokens: float | None, speed: float | None) -> dict:
-    return {"label": method, "method": method, "scores": {"mean": mean}, "rationale_tokens_per_text": tokens, "texts_per_second": speed}
+def _row(method: str, mean: float, tokens: float | None, speed: float | None, seed: int | None = None, step: int = 18) -> dict:
+    trained = {} if seed is None else {"seed": seed, "step": step}
+    label = method if seed is None else f"{method} seed {seed}"
+    return {"label": label, "method": method, **trained, "scores": {"mean": mean}, "rationale_tokens_per_text": tokens, "texts_per_second": speed}
 
 
-def test_rows_are_grouped_per_method_and_cached_rows_keep_only_their_score(tmp_path) -> None:
+def test_rows_are_grouped_per_method_and_step_and_cached_rows_keep_only_their_score(tmp_path) -> None:
     snapshot = {"rows": [
         _row("base (no rationale)", 0.40, 0.0, 20.0),
-        _row("GRACE", 0.50, 30.0, 2.0), _row("GRACE", 0.54, 32.0, 4.0),
-        _row("GRACE", 0.52, None, None),  # every text from a cache: a score, no cost
+        _row("GRACE", 0.50, 30.0, 2.0, seed=0), _row("GRACE", 0.54, 32.0, 4.0, seed=1),
+        _row("GRACE", 0.52, None, None, seed=2),  # every text from a cache: a score, no cost
     ]}  # fmt: skip
     (tmp_path / "quality_step18.json").write_text(json.dumps(snapshot))
-    (tmp_path / "tokens64.json").write_text(json.dumps({"rows": [_row("GRACE", 0.6, 60.0, 1.0)]}))
+    later = {"rows": [_row("base (no rationale)", 0.40, None, None), _row("GRACE", 0.56, 31.0, 3.0, seed=0, step=36)]}
+    (tmp_path / "quality_step36.json").write_text(json.dumps(later))  # the base row again, from mteb's cache
+    (tmp_path / "tokens64.json").write_text(json.dumps({"rows": [_row("GRACE", 0.6, 60.0, 1.0, seed=0)]}))
     costs = _costs()
-    methods = costs.read_methods([tmp_path / "quality_step18.json", tmp_path / "tokens64.json"])
-    assert [m.name for m in methods] == ["base (no rationale)", "GRACE", "GRACE [tokens64]"]  # another setting stays apart
+    methods = costs.read_methods([tmp_path / "quality_step18.json", tmp_path / "quality_step36.json", tmp_path / "tokens64.json"])
+    # Each step, and another setting, stays apart; the repeated base row counts once.
+    assert [m.name for m in methods] == ["base (no rationale)", "GRACE, 18 steps", "GRACE, 36 steps", "GRACE, 18 steps [tokens64]"]
     grace = methods[1]
     assert grace.scores == pytest.approx([50.0, 54.0, 52.0]) and grace.tokens == [30.0, 32.0] and grace.speeds == [2.0, 4.0]
     table = costs.to_markdown(methods).splitlines()
     assert table[2] == "| base (no rationale) | 1 | 0.0 | 20.0 | 40.00 |"
-    assert table[3] == "| GRACE | 3 | 31.0 ± 1.4 | 3.0 ± 1.4 | 52.00 ± 2.00 |"
+    assert table[3] == "| GRACE, 18 steps | 3 | 31.0 ± 1.4 | 3.0 ± 1.4 | 52.00 ± 2.00 |"
     costs.draw(methods, tmp_path / "cost.png")
     assert (tmp_path / "cost.png").stat().st_size > 0
 
