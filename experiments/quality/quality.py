@@ -3,6 +3,8 @@
     python experiments/quality/quality.py train    --out outputs/quality                  # 7 methods x 3 seeds
     python experiments/quality/quality.py evaluate --out outputs/quality                  # + base rows, MiniLM
     python experiments/quality/quality.py budget   --out outputs/quality --minutes 30     # steps per method
+    python experiments/quality/quality.py budget   --out outputs/quality --as-long-as quality_grace_embedding
+    python experiments/quality/quality.py guards   --out outputs/quality --methods two_stage_gentle  # guard firings
 
 ``train`` runs one Hydra multirun of ``grace-train`` over the experiment overlays
 ``conf/experiment/quality_*.yaml`` and the seeds, into ``<out>/runs/<overrides>/``, with
@@ -20,7 +22,8 @@ with its run's step and training time: copy it aside after each budget for ``sco
 evaluates some methods only. Re-running resumes from mteb's result cache and the embedding cache.
 
 ``budget`` reads the step times the runs measured (``time/step_seconds`` in ``metrics.jsonl``) and prints
-the ``trainer.max_steps`` of each method that fits a training budget per run (``step_seconds``).
+the ``trainer.max_steps`` of each method that fits a training budget per run (``step_seconds``): given in
+minutes, or as the minutes another method's runs trained (equal training minutes, measured on both sides).
 """
 from __future__ import annotations
 
@@ -48,11 +51,20 @@ METHODS = {  # experiment overlay -> row name; order of the table
     "quality_option_constant": "option: constant aggregation (Dr. GRPO)",
     "quality_option_queries": "option: rationales for queries only",
     "quality_option_64_tokens": "option: 64-token rationales",
+    # Third pass: the two-stage presets (conf/experiment/two_stage_*.yaml), each RL run from the SFT run of its seed.
+    "two_stage_sft": "two stages: SFT warm start",
+    "two_stage_gentle": "two stages: SFT, then gentle GRACE",
+    "two_stage_aggressive": "two stages: SFT, then aggressive GRACE",
+    "two_stage_gentle_from_base": "gentle GRACE from the base model (no SFT)",
 }
-DEFAULT_TRAINED = [m for m in METHODS if not m.startswith("quality_option_")]  # `train` without --methods: the 7 methods
+DEFAULT_TRAINED = [m for m in METHODS if m.startswith("quality_") and not m.startswith("quality_option_")]  # the 7 methods
 BASE = "packaged:smollm2-135m"
-# Overrides left out of a run's directory name: conf/train.yaml's list plus the budget and the progress bar.
-NOT_IN_RUN_NAME = ("trainer.output_dir", "trainer.resume", "logger", "logger.progress_bar", "trainer.max_steps", "hydra.sweep.dir", "hparams_search")
+# Overrides left out of a run's directory name: conf/train.yaml's list plus the budget and the progress bar, and
+# the inputs a stage of two-stage training is given (the warm start, the demonstrations): its experiment names it.
+NOT_IN_RUN_NAME = (
+    "trainer.output_dir", "trainer.resume", "logger", "logger.progress_bar", "trainer.max_steps", "hydra.sweep.dir", "hparams_search",
+    "model.source", "data.train_file",
+)  # fmt: skip
 
 
 def _methods(given: str) -> list[str]:
@@ -66,7 +78,7 @@ def _methods(given: str) -> list[str]:
 def train(args: argparse.Namespace, overrides: list[str]) -> int:
     methods = _methods(args.methods)
     command = [
-        sys.executable, "-m", "grace.cli.train", "-m",
+        sys.executable, "-m", f"grace.cli.{args.cli}", "-m",
         f"experiment={','.join(methods)}", f"seed={args.seeds}",
         f"hydra.sweep.dir={Path(args.out).resolve() / 'runs'}",
         "hydra.sweep.subdir=${hydra.job.override_dirname}",  # no job number: the same run keeps its directory
@@ -174,9 +186,45 @@ def step_seconds(out: Path) -> dict[str, float]:
 
 
 def budget(args: argparse.Namespace) -> None:
-    """Steps per method that fit ``--minutes`` of training, from the measured step times of its runs."""
-    for experiment, per_step in step_seconds(Path(args.out)).items():
-        print(f"{experiment}: {per_step:.1f} s/step -> trainer.max_steps={int(args.minutes * 60 // per_step)}")
+    """Steps per method that fit ``--minutes`` of training, or the minutes ``--as-long-as``'s runs trained
+    (their newest step x its step time), from the measured step times of each method's runs."""
+    out = Path(args.out)
+    per_step = step_seconds(out)
+    minutes = args.minutes
+    if args.as_long_as:
+        steps = {checkpoint.name for experiment, _, checkpoint in find_runs(out) if experiment == args.as_long_as}
+        if len(steps) != 1 or args.as_long_as not in per_step:
+            raise SystemExit(f"--as-long-as {args.as_long_as}: its runs under {out / 'runs'} must all stop at one step (found {sorted(steps)})")
+        minutes = int(steps.pop().removeprefix("step-")) * per_step[args.as_long_as] / 60
+        print(f"{args.as_long_as}: {minutes:.2f} min of training")
+    for experiment, seconds in per_step.items():
+        print(f"{experiment}: {seconds:.1f} s/step -> trainer.max_steps={max(1, round(minutes * 60 / seconds))}")
+
+
+def guards(args: argparse.Namespace) -> None:
+    """What the guards and the held-out set recorded in each run of ``--methods``: one markdown row per run with
+    the steps at which each guard fired (``guard/<name>`` = 1), held-out triplet accuracy and margin at its
+    first and last evaluation, and the mean rationale length of its first and last step's rollouts."""
+    from grace.training.run_logger import read_metrics
+
+    def first_last(rows: list[dict], key: str, digits: int) -> str:
+        values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
+        return f"{values[0]:.{digits}f} → {values[-1]:.{digits}f}" if values else "-"
+
+    print("| method | seed | guards fired (name: steps) | held-out accuracy | held-out margin | rationale tokens |")
+    print("|---|---:|---|---|---|---|")
+    for experiment, seed, checkpoint in find_runs(Path(args.out)):
+        if experiment not in _methods(args.methods):
+            continue
+        rows = list({row["step"]: row for row in read_metrics(checkpoint.parent.parent / "metrics.jsonl") if "step" in row}.values())
+        fired: dict[str, list[int]] = {}
+        for row in rows:
+            for key, value in row.items():
+                if key.startswith("guard/") and value == 1:
+                    fired.setdefault(key.removeprefix("guard/"), []).append(row["step"])
+        said = "; ".join(f"{name}: {', '.join(map(str, steps))}" for name, steps in sorted(fired.items())) or "none"
+        cells = [first_last(rows, key, digits) for key, digits in (("eval/triplet_accuracy", 3), ("eval/triplet_margin", 3), ("rollout/rationale_length_mean", 1))]
+        print(f"| {METHODS[experiment]} | {seed} | {said} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -186,6 +234,7 @@ def main() -> None:
     train_parser.add_argument("--out", default="outputs/quality")
     train_parser.add_argument("--seeds", default="0,1,2")
     train_parser.add_argument("--methods", default=",".join(DEFAULT_TRAINED), help="default: the 7 methods; the options by name")
+    train_parser.add_argument("--cli", choices=("train", "sft"), default="train", help="grace-train, or grace-sft for an SFT stage")
     evaluate_parser = commands.add_parser("evaluate", help="evaluate every run's newest checkpoint and the base rows")
     evaluate_parser.add_argument("--out", default="outputs/quality")
     evaluate_parser.add_argument("--methods", default=",".join(METHODS), help="evaluate these methods' runs (the base rows always)")
@@ -196,7 +245,12 @@ def main() -> None:
     evaluate_parser.add_argument("--no-reference", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
     budget_parser = commands.add_parser("budget", help="steps per method that fit a training budget, from measured step times")
     budget_parser.add_argument("--out", default="outputs/quality")
-    budget_parser.add_argument("--minutes", type=float, required=True)
+    budget_size = budget_parser.add_mutually_exclusive_group(required=True)
+    budget_size.add_argument("--minutes", type=float)
+    budget_size.add_argument("--as-long-as", metavar="METHOD", help="the training minutes of this method's runs at their newest checkpoint")
+    guards_parser = commands.add_parser("guards", help="what the guards and the held-out set recorded in each run")
+    guards_parser.add_argument("--out", default="outputs/quality")
+    guards_parser.add_argument("--methods", default=",".join(METHODS))
     argv = sys.argv[1:]
     own, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = parser.parse_args(own)
@@ -204,7 +258,7 @@ def main() -> None:
         raise SystemExit(train(args, overrides))
     if overrides:
         parser.error(f"{args.command} takes no Hydra overrides")
-    evaluate(args) if args.command == "evaluate" else budget(args)
+    {"evaluate": evaluate, "budget": budget, "guards": guards}[args.command](args)
 
 
 if __name__ == "__main__":
