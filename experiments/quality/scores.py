@@ -1,10 +1,10 @@
 """Held-out score against training time, from every evaluation of the quality study.
 
-    python experiments/quality/scores.py outputs/quality/study experiments/quality/figures
+    python experiments/quality/scores.py outputs/quality/study experiments/quality/figures [held_out_scores.png]
 
 Reads every ``<out>/quality*.json`` that ``quality.py evaluate`` wrote (copy ``quality.json`` aside after each
 evaluation, e.g. ``quality_emb12_cft18.json``: each holds the checkpoints evaluated then) and draws
-``held_out_scores.png``: one panel per task and one for the mean, one line per method (mean over seeds at each
+``held_out_scores.png`` (or the file name given third): one panel per task and one for the mean, one line per method (mean over seeds at each
 checkpoint step, bars: sample std), against training minutes: its steps times what a step of that method
 costs on idle cores (``quality.step_seconds``; the runs shared the cores at times, so summed wall times
 would compare contention, not methods). Each method starts at step 0 from the base row it embeds as:
@@ -52,7 +52,7 @@ def read_points(out: Path) -> tuple[list[str], Points, dict[str, dict[str, float
     return tasks, points, fixed
 
 
-def main(out: Path, figures: Path) -> None:
+def main(out: Path, figures: Path, name: str = "held_out_scores.png") -> None:
     from matplotlib.figure import Figure
 
     tasks, points, fixed = read_points(out)
@@ -79,11 +79,11 @@ def main(out: Path, figures: Path) -> None:
     axes[0].set_ylabel("main score x100 (mean ± std over seeds)")
     figure.legend(*axes[-1].get_legend_handles_labels(), fontsize=7, loc="outside right upper")  # clear of the data
     figures.mkdir(parents=True, exist_ok=True)
-    figure.savefig(figures / "held_out_scores.png", dpi=110)
-    print(f"wrote {figures / 'held_out_scores.png'}")
+    figure.savefig(figures / name, dpi=110)
+    print(f"wrote {figures / name}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         raise SystemExit(__doc__.split("\n\n")[1])
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:])
