@@ -6,7 +6,7 @@
 #   bash experiments/quality/third_pass.sh tokens64-train    # the 64-token option alone, 18 steps x seeds 0,1,2
 #   bash experiments/quality/third_pass.sh tokens64-evaluate # the 64-token option and base + rationale, at 64 tokens
 #   bash experiments/quality/third_pass.sh budget            # the baseline to 18, 36, 90 steps; contrastive FT as long
-#   bash experiments/quality/third_pass.sh suite             # the budget's last checkpoints + base rows, all six tasks
+#   bash experiments/quality/third_pass.sh suite step90      # the budget's newest checkpoints + base rows, all six tasks
 #   bash experiments/quality/third_pass.sh two-stage         # SFT, gentle / aggressive GRACE from it, gentle from base
 #
 # Every stage resumes where it stopped: training with trainer.resume=auto (run directories are named by their
@@ -47,9 +47,9 @@ case "${1:-}" in
       $QUALITY evaluate --out "$OUT" --methods "$BASELINE,quality_contrastive" --tasks "$TASKS"
       cp "$OUT/quality.json" "$OUT/quality_budget$steps.json"
     done ;;
-  suite)  # not quality*.json: scores.py draws the three-task snapshots
+  suite)  # not quality*.json: scores.py draws the three-task snapshots. Named after the budget it evaluates.
     $QUALITY evaluate --out "$OUT" --methods "$BASELINE,quality_contrastive" --tasks offline
-    mv "$OUT/quality.json" "$OUT/suite.json" ;;
+    mv "$OUT/quality.json" "$OUT/suite_${2:-newest}.json" ;;
   two-stage)  # per seed: SFT on the packaged model's best-of-3 rationales, then each RL preset from that SFT run
     demos="$OUT/two_stage_demos.jsonl"  # one set of demonstrations for every seed, as experiments/two_stage/run.sh makes it
     [ -f "$demos" ] || $PYTHON -m grace.cli.sft sample experiment=two_stage_common logger=none logger.progress_bar=false \
