@@ -8,9 +8,9 @@ each method at each step (mean ± sample std over seeds), prints one markdown ta
 mean score) and draws the mean score against tokens per text: a plain encoder sits at 0 tokens, a GRACE row
 pays one generation per text (the legend gives each row's texts embedded per second on the cores it ran on);
 a row with a score and no cost record (the reference encoder) is a dotted line. A row whose every text came
-from a cache has no cost figures and is left out of the cost columns (its score still counts). Rows of
-several snapshots with the same label are kept apart by the snapshot's file name (e.g. the 64-token
-setting's base + rationale).
+from a cache has no cost figures and is left out of the cost columns (its score still counts). Snapshots
+evaluated with the first one's setting (rationale and prompt budgets) are one setting; a row of another
+setting is kept apart by its snapshot's file name (e.g. the 64-token setting's base + rationale).
 """
 from __future__ import annotations
 
@@ -32,15 +32,17 @@ class Method:
 
 
 def read_methods(paths: list[Path]) -> list[Method]:
-    """One ``Method`` per method and training step (``quality*.json`` snapshots of one setting together, any
-    other file as a setting of its own), in the snapshots' row order. A row is one measurement however many
-    snapshots repeat it (the base rows are in each): the first one counts. Raises SystemExit for a snapshot
-    without per-row cost records (written before quality.py kept them)."""
+    """One ``Method`` per method, training step and evaluation setting (the snapshot's ``setting``: those of
+    the first snapshot's together, any other labelled by its file name), in the snapshots' row order. A row
+    is one measurement however many snapshots repeat it (the base rows are in each): the first one counts.
+    Raises SystemExit for a snapshot without per-row cost records (written before quality.py kept them)."""
     methods: dict[str, Method] = {}
     seen: set[tuple[str, int | None]] = set()
+    first_setting = None
     for path in paths:
         snapshot = json.loads(path.read_text())
-        suffix = "" if path.stem.startswith("quality") else f" [{path.stem}]"
+        first_setting = first_setting or snapshot["setting"]
+        suffix = "" if snapshot["setting"] == first_setting else f" [{path.stem}]"
         for row in snapshot["rows"]:
             if "rationale_tokens_per_text" not in row:
                 raise SystemExit(f"{path}: rows without rationale_tokens_per_text; evaluate again with this checkout's quality.py")
@@ -74,23 +76,32 @@ def to_markdown(methods: list[Method]) -> str:
 
 
 def draw(methods: list[Method], figure_path: Path) -> None:
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(9.5, 4.8), layout="constrained")
     axis = figure.subplots()
     drawn: dict[int, int] = {}  # rounded token count -> points already there: same-cost rows are drawn side by side
+    names: set[str] = set()  # rows drawn, setting label aside: a cached row another setting repeats is drawn once
+    colors = colormaps["tab20"].colors  # 20 distinct colours (tab10's repeat after 10 rows)
     for m in methods:
         if not m.scores:
             continue
+        name = m.name.split(" [")[0]
+        repeated = name in names
+        names.add(name)
         if not m.tokens:  # a reference encoder the study does not time (all-MiniLM-L6-v2): its score as a line
-            axis.axhline(statistics.fmean(m.scores), color="grey", linestyle=":", linewidth=1, label=m.name)
+            if not repeated:
+                axis.axhline(statistics.fmean(m.scores), color="grey", linestyle=":", linewidth=1, label=m.name)
             continue
         x, y = statistics.fmean(m.tokens), statistics.fmean(m.scores)
         shift = 0.6 * drawn.get(round(x), 0)
         drawn[round(x)] = drawn.get(round(x), 0) + 1
         yerr = statistics.stdev(m.scores) if len(m.scores) > 1 else 0.0
         speed = f" ({statistics.fmean(m.speeds):.1f} texts/s)" if m.speeds else ""
-        axis.errorbar(x + shift, y, yerr=yerr, marker="o", capsize=3, linestyle="none", label=m.name + speed)
+        n = sum(drawn.values()) - 1  # this row's place: tab20's ten dark colours first, then their light pairs
+        color = colors[(2 * n) % 20 + (n // 10) % 2]
+        axis.errorbar(x + shift, y, yerr=yerr, marker="o", capsize=3, linestyle="none", color=color, label=m.name + speed)
     axis.set_xlabel("rationale tokens per text at evaluation (EOS included; 0: plain encoder)\nrows of the same cost drawn side by side")
     axis.set_ylabel("held-out main score x100, 3-task mean (± std over seeds)")
     axis.grid(alpha=0.3)
