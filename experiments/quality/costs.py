@@ -25,7 +25,8 @@ from pathlib import Path
 class Method:
     """The evaluated rows of one method at one training step and evaluation setting."""
 
-    name: str
+    name: str  # method, step and, for a setting other than the first snapshot's, that snapshot's name
+    row: str  # the method and step alone: the same row of another setting has the same one
     scores: list[float] = field(default_factory=list)  # 3-task mean x100, one per row (seed)
     tokens: list[float] = field(default_factory=list)  # rationale tokens per distinct text, rows that computed
     speeds: list[float] = field(default_factory=list)  # distinct texts per wall second, rows that computed
@@ -49,8 +50,8 @@ def read_methods(paths: list[Path]) -> list[Method]:
             if (row["label"] + suffix, row.get("step")) in seen:
                 continue
             seen.add((row["label"] + suffix, row.get("step")))
-            name = row["method"] + (f", {row['step']} steps" if "step" in row else "") + suffix
-            method = methods.setdefault(name, Method(name))
+            row_name = row["method"] + (f", {row['step']} steps" if "step" in row else "")
+            method = methods.setdefault(row_name + suffix, Method(row_name + suffix, row_name))
             if row["scores"].get("mean") is not None:
                 method.scores.append(100 * row["scores"]["mean"])
             if row["rationale_tokens_per_text"] is not None:
@@ -82,14 +83,13 @@ def draw(methods: list[Method], figure_path: Path) -> None:
     figure = Figure(figsize=(9.5, 4.8), layout="constrained")
     axis = figure.subplots()
     drawn: dict[int, int] = {}  # rounded token count -> points already there: same-cost rows are drawn side by side
-    names: set[str] = set()  # rows drawn, setting label aside: a cached row another setting repeats is drawn once
+    rows: set[str] = set()  # rows drawn, in any setting: a cached row another setting repeats is drawn once
     colors = colormaps["tab20"].colors  # 20 distinct colours (tab10's repeat after 10 rows)
     for m in methods:
         if not m.scores:
             continue
-        name = m.name.split(" [")[0]
-        repeated = name in names
-        names.add(name)
+        repeated = m.row in rows
+        rows.add(m.row)
         if not m.tokens:  # a reference encoder the study does not time (all-MiniLM-L6-v2): its score as a line
             if not repeated:
                 axis.axhline(statistics.fmean(m.scores), color="grey", linestyle=":", linewidth=1, label=m.name)
